@@ -1,0 +1,1 @@
+//! phx-threads: a Phoenix Channels server on OS threads. See ARCHITECTURE.md.
