@@ -205,13 +205,17 @@ fn admit(
 ) -> Option<JoinHandle<()>> {
     let peer = tcp.peer_addr().ok()?;
     let _ = tcp.set_nodelay(true);
-    let shared = Arc::new(ConnShared::new(id, tcp.try_clone().ok()?));
+    // One file descriptor per connection, shared by its threads (`&TcpStream` reads and
+    // writes): the process may hold at most 20,000 open files, and 19k connections must fit.
+    let tcp = Arc::new(tcp);
+    let shared = Arc::new(ConnShared::new(id, tcp.clone()));
     {
         let mut table = connections.table.lock();
         if table.len() >= endpoint.config.max_connections {
             drop(table);
             log::warn!("refusing {peer}: max_connections reached");
-            refuse_503(tcp);
+            drop(shared);
+            refuse_503(&tcp);
             return None;
         }
         table.insert(id, shared.clone());
@@ -235,7 +239,7 @@ fn admit(
 
 /// Answers an over-limit connection with 503 from the acceptor itself: no thread is spent.
 /// Whatever the client already sent is read first so closing does not reset the connection.
-fn refuse_503(mut tcp: TcpStream) {
+fn refuse_503(mut tcp: &TcpStream) {
     let _ = tcp.set_read_timeout(Some(Duration::from_millis(50)));
     let _ = tcp.set_write_timeout(Some(Duration::from_millis(50)));
     let mut buf = [0u8; 2048];

@@ -67,12 +67,12 @@ impl CloseReason {
 pub(crate) struct ConnShared {
     pub id: u64,
     /// A clone of the stream used only to `shutdown` it, which wakes a blocked read or write.
-    tcp: TcpStream,
+    tcp: Arc<TcpStream>,
     reason: Mutex<Option<CloseReason>>,
 }
 
 impl ConnShared {
-    pub fn new(id: u64, tcp: TcpStream) -> ConnShared {
+    pub fn new(id: u64, tcp: Arc<TcpStream>) -> ConnShared {
         ConnShared { id, tcp, reason: Mutex::new(None) }
     }
 
@@ -157,7 +157,7 @@ impl Writer {
 }
 
 pub(crate) fn spawn_writer(
-    tcp: TcpStream,
+    tcp: Arc<TcpStream>,
     rx: Receiver<Outbound>,
     conn_id: u64,
     stack_bytes: usize,
@@ -171,7 +171,8 @@ pub(crate) fn spawn_writer(
 }
 
 /// The writer loop. It ends on `Close`/`Finish`, on a write error, or when every sender is gone.
-fn run_writer(mut tcp: TcpStream, rx: Receiver<Outbound>) {
+fn run_writer(tcp: Arc<TcpStream>, rx: Receiver<Outbound>) {
+    let mut tcp: &TcpStream = &tcp;
     let mut batch: Vec<u8> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut last = Some(first);

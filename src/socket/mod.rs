@@ -88,7 +88,7 @@ struct Socket {
 /// Entry point of the `ws-<id>` thread: handshake, serve, tear down.
 pub(crate) fn run(
     endpoint: Arc<Endpoint>,
-    tcp: TcpStream,
+    tcp: Arc<TcpStream>,
     peer: SocketAddr,
     shared: Arc<ConnShared>,
 ) {
@@ -138,7 +138,7 @@ fn start_writer(
     let tcp = ws.get_ref().tcp();
     let _ = tcp.set_read_timeout(Some(config.idle_timeout));
     let _ = tcp.set_write_timeout(Some(config.write_timeout));
-    let write_half = tcp.try_clone().ok()?;
+    let write_half = tcp.clone();
     let (outbox, rx) = bounded(config.outbound_queue_frames);
     let writer = match conn::spawn_writer(write_half, rx, shared.id, config.writer_stack_bytes) {
         Ok(handle) => handle,

@@ -69,7 +69,7 @@ pub(crate) struct Session {
 /// replies) are collected and, once the outbox is attached, queued to the writer thread.
 /// Before that (during the handshake) they go straight to the TCP stream.
 pub(crate) struct WsStream {
-    tcp: TcpStream,
+    tcp: Arc<TcpStream>,
     outbox: Option<Sender<Outbound>>,
     pending: Vec<u8>,
 }
@@ -79,21 +79,21 @@ impl WsStream {
         self.outbox = Some(outbox);
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> &Arc<TcpStream> {
         &self.tcp
     }
 }
 
 impl Read for WsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.read(buf)
+        (&*self.tcp).read(buf)
     }
 }
 
 impl Write for WsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.outbox {
-            None => self.tcp.write(buf),
+            None => (&*self.tcp).write(buf),
             Some(_) => {
                 self.pending.extend_from_slice(buf);
                 Ok(buf.len())
@@ -102,7 +102,7 @@ impl Write for WsStream {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let Some(outbox) = &self.outbox else { return self.tcp.flush() };
+        let Some(outbox) = &self.outbox else { return (&*self.tcp).flush() };
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -125,7 +125,7 @@ pub(crate) enum HandshakeFailure {
 }
 
 pub(crate) fn accept(
-    tcp: TcpStream,
+    tcp: Arc<TcpStream>,
     peer_addr: SocketAddr,
     config: &Config,
     connect: &ConnectFn,
