@@ -1,0 +1,1 @@
+//! REST API (placeholder while the store compiles).
