@@ -180,19 +180,32 @@ impl LocalCluster {
 
     /// Makes sure the server stops even if this process dies without running destructors
     /// (a test binary's statics, SIGKILL): a watchdog child blocks reading a pipe from us;
-    /// when our end closes, which the kernel does at our exit, it runs `pg_ctl stop`.
+    /// when our end closes, which the kernel does at our exit, it runs `pg_ctl stop -m fast`.
     ///
     /// # Errors
     /// If the watchdog cannot be spawned.
     pub fn stop_on_exit(&mut self) -> Result<(), Error> {
-        let pg_ctl = self.bin_dir.join("pg_ctl");
+        self.spawn_watchdog(None)
+    }
+
+    /// Like `stop_on_exit`, and then deletes `dir` (which should contain the data directory):
+    /// for throwaway clusters such as the tests'.
+    ///
+    /// # Errors
+    /// If the watchdog cannot be spawned.
+    pub fn stop_on_exit_and_remove(&mut self, dir: &Path) -> Result<(), Error> {
+        self.spawn_watchdog(Some(dir))
+    }
+
+    fn spawn_watchdog(&mut self, remove: Option<&Path>) -> Result<(), Error> {
         let data = self.options.data_dir.to_string_lossy().into_owned();
-        let stop = ["stop", "-s", "-m", "immediate", "-D", &data];
-        let command = self.command(&pg_ctl, &stop);
-        let program = command.get_program().to_owned();
-        let script = "cat >/dev/null; exec \"$@\" >/dev/null 2>&1";
+        let stop = ["stop", "-s", "-m", "fast", "-D", &data];
+        let command = self.command(&self.bin_dir.join("pg_ctl"), &stop);
+        let script = "cat >/dev/null; \"$@\" >/dev/null 2>&1; \
+                      if [ -n \"$REMOVE_DIR\" ]; then rm -rf -- \"$REMOVE_DIR\"; fi";
         let mut watchdog = Command::new("sh");
-        watchdog.args(["-c", script, "watchdog"]).arg(program).args(command.get_args());
+        watchdog.args(["-c", script, "watchdog"]).arg(command.get_program());
+        watchdog.args(command.get_args()).env("REMOVE_DIR", remove.unwrap_or(Path::new("")));
         watchdog.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
         let mut child = watchdog
             .current_dir("/")

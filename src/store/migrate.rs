@@ -56,6 +56,7 @@ fn apply(client: &mut Client, migration: &Migration) -> Result<bool, Error> {
     let mut tx = client.transaction()?;
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
+         SET LOCAL client_min_messages = warning;
          SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
          CREATE TABLE IF NOT EXISTS schema_migrations (
              version bigint PRIMARY KEY,

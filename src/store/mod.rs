@@ -306,7 +306,9 @@ pub fn bootstrap(
     let (url, cluster) = match database_url {
         Some(url) => (url.to_owned(), None),
         None => {
-            let cluster = LocalCluster::start(data_dir)?;
+            let mut cluster = LocalCluster::start(data_dir)?;
+            // If we die without unwinding, PostgreSQL should not outlive us.
+            cluster.stop_on_exit()?;
             cluster.create_database(LOCAL_DATABASE)?;
             (cluster.url(LOCAL_DATABASE), Some(cluster))
         }

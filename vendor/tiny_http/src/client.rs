@@ -12,6 +12,11 @@ use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
+/// phx-threads patch: limits on the request head (the request line and each header line,
+/// and the number of headers).
+const MAX_LINE_BYTES: usize = 8 * 1024;
+const MAX_HEADERS: usize = 100;
+
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
 pub struct ClientConnection {
@@ -89,6 +94,12 @@ impl ClientConnection {
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
 
+            // phx-threads patch: a line longer than this cannot be a sane request line or
+            // header; upstream buffered it without limit.
+            if buf.len() >= MAX_LINE_BYTES {
+                return Err(IoError::new(ErrorKind::InvalidInput, "Header line too long"));
+            }
+
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
                 return AsciiString::from_ascii(buf)
@@ -123,6 +134,10 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
+                    // phx-threads patch: bound the number of headers too.
+                    if headers.len() >= MAX_HEADERS {
+                        return Err(ReadError::WrongHeader(version));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,

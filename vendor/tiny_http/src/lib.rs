@@ -90,6 +90,9 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
+// phx-threads patch: as a path dependency this crate is not built with `--cap-lints`, so
+// newer compilers' warnings about upstream code would show in our build.
+#![allow(unused)]
 
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use zeroize::Zeroizing;
@@ -178,6 +181,9 @@ pub struct ServerConfig {
     /// If `Some`, then the server will use SSL to encode the communications.
     pub ssl: Option<SslConfig>,
 }
+
+/// phx-threads patch: the limit for any single read or write on a client connection.
+const CONNECTION_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
@@ -293,6 +299,11 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
+                        // phx-threads patch: without timeouts an idle or trickling client
+                        // held its connection thread (and, while a body was drained, a
+                        // request-handling thread) forever. Idle keep-alive connections
+                        // are now closed after this long.
+                        let _ = sock.set_timeouts(Some(CONNECTION_IO_TIMEOUT));
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),

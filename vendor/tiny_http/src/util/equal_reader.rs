@@ -65,11 +65,16 @@ where
 {
     fn drop(&mut self) {
         let mut remaining_to_read = self.size;
+        // phx-threads patch: drain through a fixed buffer. Upstream allocated
+        // `vec![0; remaining_to_read]`, sized by the client's Content-Length, so one request
+        // declaring a huge length aborted the whole process on allocation failure
+        // (see tiny-http/tiny-http#290).
+        let mut buf = [0u8; 8 * 1024];
 
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
+            let want = remaining_to_read.min(buf.len());
 
-            match self.reader.read(&mut buf) {
+            match self.reader.read(&mut buf[..want]) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;
