@@ -23,6 +23,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -83,11 +84,17 @@ struct Inner {
     pg_config: postgres::Config,
     slots_tx: Sender<Slot>,
     slots_rx: Receiver<Slot>,
+    /// Incremented whenever a connection is found broken. A server restart breaks every
+    /// idle connection at once, but each only notices when used; so after one breaks, the
+    /// others are pinged before their next use instead of failing a request each.
+    n_breakages: AtomicU64,
 }
 
 struct Slot {
     client: Option<Client>,
     idle_since: Instant,
+    /// `n_breakages` when this connection was last known good.
+    checked_at_breakage: u64,
 }
 
 /// A connection checked out of the pool; derefs to `postgres::Client`.
@@ -169,10 +176,11 @@ impl Store {
         let pg_config = session_config(&config)?;
         let (slots_tx, slots_rx) = crossbeam_channel::bounded(config.pool_size);
         for _ in 0..config.pool_size {
-            let slot = Slot { client: None, idle_since: Instant::now() };
+            let slot = Slot { client: None, idle_since: Instant::now(), checked_at_breakage: 0 };
             slots_tx.try_send(slot).expect("channel has room for every slot");
         }
-        Ok(Store { inner: Arc::new(Inner { config, pg_config, slots_tx, slots_rx }) })
+        let n_breakages = AtomicU64::new(0);
+        Ok(Store { inner: Arc::new(Inner { config, pg_config, slots_tx, slots_rx, n_breakages }) })
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -210,21 +218,24 @@ impl PooledClient<'_> {
         self.slot.as_mut().expect("slot is present until drop")
     }
 
-    /// Drops a connection that is closed or fails a ping after idling, then connects if the
-    /// slot is empty.
+    /// Drops a connection that is closed, or fails a ping after idling or after another
+    /// connection broke; then connects if the slot is empty.
     fn ensure_connected(&mut self) -> Result<(), Error> {
         let ping_timeout = self.inner.config.connect_timeout;
-        let slot = self.slot();
+        let n_breakages = self.inner.n_breakages.load(Ordering::Relaxed);
+        let slot = self.slot.as_mut().expect("slot is present until drop");
         if let Some(client) = &mut slot.client {
-            let idle = slot.idle_since.elapsed() > VALIDATE_AFTER_IDLE;
-            if client.is_closed() || (idle && client.is_valid(ping_timeout).is_err()) {
+            let suspect = slot.idle_since.elapsed() > VALIDATE_AFTER_IDLE
+                || slot.checked_at_breakage < n_breakages;
+            if client.is_closed() || (suspect && client.is_valid(ping_timeout).is_err()) {
                 slot.client = None;
+                self.inner.n_breakages.fetch_add(1, Ordering::Relaxed);
             }
         }
         if slot.client.is_none() {
-            let client = self.inner.pg_config.connect(NoTls).map_err(Error::connect)?;
-            self.slot().client = Some(client);
+            slot.client = Some(self.inner.pg_config.connect(NoTls).map_err(Error::connect)?);
         }
+        slot.checked_at_breakage = n_breakages;
         Ok(())
     }
 }
@@ -248,6 +259,7 @@ impl Drop for PooledClient<'_> {
         let Some(mut slot) = self.slot.take() else { return };
         if slot.client.as_ref().is_some_and(Client::is_closed) {
             slot.client = None;
+            self.inner.n_breakages.fetch_add(1, Ordering::Relaxed);
         }
         slot.idle_since = Instant::now();
         // Never blocks: the channel has room for every slot and only our slots circulate.

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+use phx_threads::store::Store;
+use phx_threads::store::listener::{Action, ListenerHandle, StoreEvent, spawn_listener};
+use phx_threads::store::superheroes::{self, SuperheroParams};
 
 /// How long any single expected event may take before the test fails.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,5 +39,33 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A listener on `url` that has provably started listening: it has delivered the events of a
+/// probe write (created and deleted again through `store`).
+pub fn listening(url: &str, store: &Store) -> (ListenerHandle, Receiver<StoreEvent>) {
+    let (tx, rx) = crossbeam_channel::bounded(1000);
+    let listener = spawn_listener(url, move |event| {
+        tx.try_send(event).expect("test mailbox has room");
+    })
+    .unwrap();
+    let probe = SuperheroParams {
+        name: Some("Probe".into()),
+        location: Some("Lab".into()),
+        power: Some("Listening".into()),
+    };
+    // The listener may subscribe after a probe commits, so probe until one event arrives.
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let hero = superheroes::create(&mut *store.client().unwrap(), &probe).unwrap();
+        superheroes::delete(&mut *store.client().unwrap(), hero.id).unwrap();
+        if let Ok(event) = rx.recv_timeout(Duration::from_millis(500)) {
+            assert!(matches!(event, StoreEvent::Change { action: Action::Create, .. }));
+            let deleted = recv(&rx, "probe delete");
+            assert!(matches!(deleted, StoreEvent::Change { action: Action::Delete, .. }));
+            return (listener, rx);
+        }
+        assert!(std::time::Instant::now() < deadline, "listener never started");
     }
 }

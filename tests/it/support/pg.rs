@@ -41,6 +41,16 @@ impl TestDb {
         TestDb { url: with_dbname(&shared.admin_url, &name), name }
     }
 
+    /// A database without any tables (from `template0`), for testing migrations.
+    pub fn empty() -> TestDb {
+        let shared = shared();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        admin(&shared.admin_url)
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .expect("create empty test database");
+        TestDb { url: with_dbname(&shared.admin_url, &name), name }
+    }
+
     /// A pool over this database with the default config.
     pub fn store(&self) -> Store {
         Store::connect(StoreConfig::new(&self.url)).expect("connect to test database")
