@@ -12,9 +12,11 @@ pub mod process;
 pub mod protocol;
 
 pub mod channel;
+pub mod http;
 pub mod pubsub;
 pub mod server;
 pub mod socket;
+pub mod store;
 
 pub mod app;
 

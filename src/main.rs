@@ -1,10 +1,14 @@
-//! The `phx-threads` binary: parse the command line, start the server, wait for SIGINT or
-//! SIGTERM, shut down in order, exit 0.
+//! The `phx-threads` binary: parse the command line, start PostgreSQL (or use `DATABASE_URL`),
+//! the WebSocket server, the change listener and the HTTP server; wait for SIGINT or SIGTERM;
+//! shut down in reverse order; exit 0.
 
 use std::process::ExitCode;
 
-use phx_threads::cli::{self, Command};
-use phx_threads::{app, logger, server};
+use phx_threads::app::{self, superheroes_channel};
+use phx_threads::cli::{self, Args, Command};
+use phx_threads::http::{self, HttpConfig, HttpDeps};
+use phx_threads::store::{self, Store, cluster::LocalCluster, listener};
+use phx_threads::{logger, server};
 
 fn main() -> ExitCode {
     logger::init();
@@ -15,47 +19,83 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match args.command {
+    let result = match args.command {
         Command::Help => {
             println!("{}", cli::HELP);
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Command::Migrate => run_migrate(&args),
-        Command::Serve => run_serve(args),
+        Command::Migrate => database(&args).map(|_| ()),
+        Command::Serve => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phx-threads: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn run_migrate(_args: &cli::Args) -> ExitCode {
-    eprintln!("phx-threads: migrate needs the database support");
-    ExitCode::FAILURE
+/// Connects (starting the private cluster if needed), migrates and seeds.
+fn database(args: &Args) -> Result<(Store, Option<LocalCluster>), String> {
+    let data_dir = args.data_dir.join("pg");
+    store::bootstrap(args.database_url.as_deref(), &data_dir).map_err(|e| format!("database: {e}"))
 }
 
-fn run_serve(args: cli::Args) -> ExitCode {
-    let signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("phx-threads: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
+fn serve(args: Args) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let (store, cluster) = match args.no_database {
+        true => (None, None),
+        false => database(&args).map(|(s, c)| (Some(s), c))?,
     };
-    let server = match server::start(args.ws.clone(), app::router(), server::accept_all()) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("phx-threads: cannot listen on {}: {e}", args.ws.ws_addr);
-            return ExitCode::FAILURE;
-        }
+    let ws = server::start(args.ws.clone(), app::router(store.clone()), server::accept_all())
+        .map_err(|e| format!("cannot listen on {}: {e}", args.ws.ws_addr))?;
+    let pubsub = ws.pubsub();
+    let listener = match &store {
+        Some(store) => Some(
+            listener::spawn_listener(&store.config().url, move |event| {
+                superheroes_channel::publish_store_event(&pubsub, event)
+            })
+            .map_err(|e| format!("change listener: {e}"))?,
+        ),
+        None => None,
     };
-    println!("phx-threads listening ws={} http={}", server.ws_addr(), args.http_addr);
-    wait_for_signal(signals);
-    let report = server.shutdown();
-    if report.clean { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-}
-
-fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
+    let http_config = HttpConfig {
+        addr: args.http_addr,
+        static_dir: Some(args.static_dir.clone()),
+        public_ws_url: args.public_ws_url.clone(),
+        ws_port: ws.ws_addr().port(),
+        ..HttpConfig::default()
+    };
+    let http = http::start(http_config, HttpDeps { store })
+        .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
+    println!("phx-threads listening ws={} http={}", ws.ws_addr(), http.addr);
+    println!("open http://{}/", http.addr);
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
+    }
+    shutdown(http, listener, ws, cluster)
+}
+
+/// Reverse start order: no new requests, no new change events, close every socket (1012),
+/// then stop PostgreSQL if we own it.
+fn shutdown(
+    http: http::HttpHandle,
+    listener: Option<listener::ListenerHandle>,
+    ws: server::ServerHandle,
+    cluster: Option<LocalCluster>,
+) -> Result<(), String> {
+    let http_result = http.shutdown().map_err(|e| format!("http shutdown: {e}"));
+    if let Some(listener) = listener {
+        let _ = listener.shutdown();
+    }
+    let report = ws.shutdown();
+    drop(cluster);
+    http_result?;
+    match report.clean {
+        true => Ok(()),
+        false => Err(format!("shutdown timed out with {} connections", report.connections)),
     }
 }

@@ -2,10 +2,18 @@
 //! (Phoenix's `lib/my_app_web`). Nothing in the framework modules depends on this module.
 
 pub mod room_channel;
+pub mod superheroes_channel;
 
 use crate::channel::Router;
+use crate::store::Store;
 
-/// The socket's channel routes (`channel "room:*", RoomChannel`).
-pub fn router() -> Router {
-    Router::new().channel("room:*", room_channel::RoomChannel::default)
+/// The socket's channel routes: the chat (`room:*`) and, with a database, the superheroes lobby.
+pub fn router(store: Option<Store>) -> Router {
+    let router = Router::new().channel("room:*", room_channel::RoomChannel::default);
+    match store {
+        Some(store) => router.channel("superheroes:lobby", move || {
+            superheroes_channel::SuperheroesChannel::new(store.clone())
+        }),
+        None => router,
+    }
 }

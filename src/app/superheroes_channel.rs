@@ -76,7 +76,8 @@ impl Channel for SuperheroesChannel {
     fn join(&mut self, _topic: &str, _payload: Payload, ctx: &mut ChannelCtx) -> JoinResult {
         // Subscribe before loading: a change committed in between arrives as an event and is
         // reconciled by last-write-wins instead of being lost.
-        ctx.subscribe(CHANGES_TOPIC).map_err(|e| Payload::from(json!({"reason": e.to_string()})))?;
+        ctx.subscribe(CHANGES_TOPIC)
+            .map_err(|e| Payload::from(json!({"reason": e.to_string()})))?;
         if let Err(e) = self.load() {
             log::warn!("superheroes:lobby join: {e}");
             return Err(json!({"reason": "database unavailable"}).into());
@@ -165,8 +166,10 @@ mod tests {
             .expect("lazy store does not connect");
         let mut channel = SuperheroesChannel::new(store);
         channel.heroes.insert(1, hero(1, 1, 0, "one"));
-        let got: Vec<&str> =
-            events.iter().filter_map(|(a, h)| channel.apply(*a, h.clone()).map(|(e, _)| e)).collect();
+        let got: Vec<&str> = events
+            .iter()
+            .filter_map(|(a, h)| channel.apply(*a, h.clone()).map(|(e, _)| e))
+            .collect();
         assert_eq!(got, pushed);
         let mut names: Vec<(i64, &str)> =
             channel.heroes.values().map(|h| (h.id, h.name.as_str())).collect();
@@ -178,11 +181,23 @@ mod tests {
     fn last_write_wins() {
         use Action::*;
         check(&[(Update, hero(1, 2, 5, "two"))], &["update"], &[(1, "two")]);
-        check(&[(Update, hero(1, 3, 9, "three")), (Update, hero(1, 2, 5, "two"))], &["update"], &[(1, "three")]);
+        check(
+            &[(Update, hero(1, 3, 9, "three")), (Update, hero(1, 2, 5, "two"))],
+            &["update"],
+            &[(1, "three")],
+        );
         check(&[(Update, hero(1, 1, 0, "same"))], &[], &[(1, "one")]);
         // Equal timestamps: the version decides, deterministically.
-        check(&[(Update, hero(1, 3, 0, "v3")), (Update, hero(1, 2, 0, "v2"))], &["update"], &[(1, "v3")]);
-        check(&[(Create, hero(2, 1, 1, "new")), (Create, hero(2, 1, 1, "new"))], &["create"], &[(1, "one"), (2, "new")]);
+        check(
+            &[(Update, hero(1, 3, 0, "v3")), (Update, hero(1, 2, 0, "v2"))],
+            &["update"],
+            &[(1, "v3")],
+        );
+        check(
+            &[(Create, hero(2, 1, 1, "new")), (Create, hero(2, 1, 1, "new"))],
+            &["create"],
+            &[(1, "one"), (2, "new")],
+        );
         check(&[(Delete, hero(1, 1, 0, "one")), (Update, hero(1, 1, 0, "late"))], &["delete"], &[]);
         check(&[(Delete, hero(7, 1, 0, "unknown"))], &[], &[(1, "one")]);
     }

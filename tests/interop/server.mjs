@@ -15,8 +15,9 @@ export function binaryPath() {
 }
 
 /** Starts the server with `args` and resolves once it prints its listening line. */
-export function startServer(args = [], { timeoutMs = 30_000 } = {}) {
-  const child = spawn(binaryPath(), ["serve", "--no-database", "--http-addr", "127.0.0.1:0", ...args], {
+export function startServer(args = [], { timeoutMs = 90_000, database = false } = {}) {
+  const db = database ? [] : ["--no-database"];
+  const child = spawn(binaryPath(), ["serve", ...db, "--http-addr", "127.0.0.1:0", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";
@@ -32,7 +33,8 @@ export function startServer(args = [], { timeoutMs = 30_000 } = {}) {
       const m = out.match(/phx-threads listening ws=(\S+) http=(\S+)/);
       if (m) {
         clearTimeout(timer);
-        resolvePromise({ child, wsAddr: m[1], url: `ws://${m[1]}/socket`, stop: () => stopServer(child) });
+        const api = `http://${m[2]}/api/superheroes`;
+        resolvePromise({ child, wsAddr: m[1], url: `ws://${m[1]}/socket`, api, stop: () => stopServer(child) });
       }
     });
     child.on("exit", (code) => {

@@ -76,7 +76,7 @@ impl Channel for TestChannel {
 
 fn start_with(config: Config) -> (TestServer, Receiver<(String, StopReason)>) {
     let (tx, rx) = unbounded();
-    let router = phx_threads::app::router()
+    let router = phx_threads::app::router(None)
         .channel("test:*", move || TestChannel { terminated: tx.clone() });
     (TestServer::with(config, router, server::accept_all()), rx)
 }

@@ -1,6 +1,8 @@
-//! The integration tests: one binary (`cargo test --test it`), real loopback sockets.
+//! The single integration-test binary (`cargo nextest run --test it`; see ripgrep's tests/tests.rs
+//! and matklad's "Delete Cargo Integration Tests"): real loopback sockets, a throwaway Postgres.
 
-// Test harness: in-process server on port 0, a small phoenix.js-like WebSocket client.
+// Test harness: in-process server on port 0, a phoenix.js-like WebSocket client, throwaway
+// Postgres, a tiny HTTP client, waiting helpers.
 mod support;
 
 // The Phoenix wire protocol, case by case, including bad input.
@@ -9,3 +11,8 @@ mod protocol;
 mod channels;
 // Many connections at once: fan-out to 1,000 sockets and thread accounting.
 mod scale;
+
+// The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
+mod http_api;
+// The store: migrations, queries, NOTIFY events, the listener, the pool, outages.
+mod store;

@@ -181,7 +181,7 @@ fn auth_token_subprotocol_is_decoded_and_phoenix_echoed() {
             }
             _ => Err(Refused::default()),
         });
-    let server = TestServer::with(test_config(), phx_threads::app::router(), connect);
+    let server = TestServer::with(test_config(), phx_threads::app::router(None), connect);
     // btoa("s3cret") = "czNjcmV0", padding stripped as phoenix.js does.
     let proto = "phoenix, base64url.bearer.phx.czNjcmV0";
     let c = WsClient::connect_with(
@@ -228,7 +228,7 @@ fn json_of_the_wrong_shape_closes_with_1007() {
 #[test]
 fn oversize_frames_close_with_1009() {
     let config = Config { max_frame_bytes: 4096, ..test_config() };
-    let server = TestServer::with(config, phx_threads::app::router(), server::accept_all());
+    let server = TestServer::with(config, phx_threads::app::router(None), server::accept_all());
     let mut c = server.client();
     let topic = unique_topic("room");
     let jr = c.join_ok(&topic);
@@ -271,7 +271,7 @@ fn binary_payloads_round_trip_as_binary_frames() {
 #[test]
 fn idle_connections_are_closed_with_1002() {
     let config = Config { idle_timeout: Duration::from_millis(300), ..test_config() };
-    let server = TestServer::with(config, phx_threads::app::router(), server::accept_all());
+    let server = TestServer::with(config, phx_threads::app::router(None), server::accept_all());
     let mut c = server.client();
     assert_eq!(c.expect_close(crate::support::WAIT), Some(1002));
 }
@@ -306,7 +306,7 @@ fn disconnect_broadcast_on_the_socket_id_closes_with_1001() {
         let id = info.params.get("user").map(|u| format!("users_socket:{u}"));
         Ok(Connected { assigns: Default::default(), id })
     });
-    let server = TestServer::with(test_config(), phx_threads::app::router(), connect);
+    let server = TestServer::with(test_config(), phx_threads::app::router(None), connect);
     let mut ann = WsClient::connect(server.addr(), "vsn=2.0.0&user=ann").unwrap();
     let mut bob = WsClient::connect(server.addr(), "vsn=2.0.0&user=bob").unwrap();
     ann.heartbeat();
@@ -321,7 +321,7 @@ fn disconnect_broadcast_on_the_socket_id_closes_with_1001() {
 #[test]
 fn connections_over_the_limit_get_503() {
     let config = Config { max_connections: 2, ..test_config() };
-    let server = TestServer::with(config, phx_threads::app::router(), server::accept_all());
+    let server = TestServer::with(config, phx_threads::app::router(None), server::accept_all());
     let mut a = server.client();
     let _b = server.client();
     let err = WsClient::connect(server.addr(), "vsn=2.0.0").err().expect("third is refused");

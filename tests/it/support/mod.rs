@@ -2,9 +2,17 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+pub mod pg;
 pub mod ws;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use phx_threads::store::Store;
+use phx_threads::store::listener::{Action, ListenerHandle, StoreEvent, spawn_listener};
+use phx_threads::store::superheroes::{self, SuperheroParams};
 
 use phx_threads::{Config, ConnectFn, Router, ServerHandle, server};
 
@@ -20,7 +28,7 @@ pub struct TestServer {
 impl TestServer {
     /// The binary's application (the chat) with test-friendly limits.
     pub fn start() -> TestServer {
-        TestServer::with(test_config(), phx_threads::app::router(), server::accept_all())
+        TestServer::with(test_config(), phx_threads::app::router(None), server::accept_all())
     }
 
     pub fn with(config: Config, router: Router, connect: ConnectFn) -> TestServer {
@@ -80,5 +88,64 @@ pub fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
         std::thread::yield_now();
         // A short park between observations instead of a busy loop; not a synchronisation.
         std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+/// How long any single expected event may take before the test fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Receives the next message or fails the test after `EVENT_TIMEOUT`.
+pub fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
+    rx.recv_timeout(EVENT_TIMEOUT).unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A listener on `url` that has provably started listening: it has delivered the events of a
+/// probe write (created and deleted again through `store`).
+pub fn listening(url: &str, store: &Store) -> (ListenerHandle, Receiver<StoreEvent>) {
+    let (tx, rx) = crossbeam_channel::bounded(1000);
+    let listener = spawn_listener(url, move |event| {
+        tx.try_send(event).expect("test mailbox has room");
+    })
+    .unwrap();
+    let probe = SuperheroParams {
+        name: Some("Probe".into()),
+        location: Some("Lab".into()),
+        power: Some("Listening".into()),
+    };
+    // The listener may subscribe after a probe commits, so probe until one event arrives.
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let hero = superheroes::create(&mut *store.client().unwrap(), &probe).unwrap();
+        superheroes::delete(&mut *store.client().unwrap(), hero.id).unwrap();
+        if let Ok(event) = rx.recv_timeout(Duration::from_millis(500)) {
+            assert!(matches!(event, StoreEvent::Change { action: Action::Create, .. }));
+            let deleted = recv(&rx, "probe delete");
+            assert!(matches!(deleted, StoreEvent::Change { action: Action::Delete, .. }));
+            return (listener, rx);
+        }
+        assert!(std::time::Instant::now() < deadline, "listener never started");
     }
 }

@@ -1,0 +1,17 @@
+//! Request handlers, one file per resource. Each is
+//! `fn(&ApiRequest, &Ctx, &[String]) -> Result<ApiResponse, ApiError>`.
+//!
+//! Threads: run on the HTTP worker thread, inside its `catch_unwind`.
+
+pub mod assets;
+pub mod meta;
+pub mod superheroes;
+
+use crate::http::HttpConfig;
+use crate::store::Store;
+
+/// What handlers share: the configuration and the store (absent with `--no-database`).
+pub struct Ctx {
+    pub config: HttpConfig,
+    pub store: Option<Store>,
+}

@@ -1,0 +1,309 @@
+//! The REST API on tiny_http: `start` binds, spawns `n_workers` named threads (`http-<i>`)
+//! that each loop on `Server::recv`, and returns an `HttpHandle` whose `shutdown` wakes every
+//! worker with `Server::unblock` and joins them within a bound.
+//!
+//! Threads: tiny_http runs its own accept thread and one thread per open connection (it
+//! parses requests there); our workers run routing, handlers and store calls. Each request
+//! is handled inside `catch_unwind`, so a panicking handler costs one 500, not a worker.
+//!
+//! **API Boundary:** `openapi.yaml` is the contract (a test checks it against `ROUTES`);
+//! `ApiError` is the only error that reaches a client. Every response carries
+//! `Access-Control-Allow-Origin: *`.
+//!
+//! The module does not depend on the WebSocket core: REST writes reach channels through the
+//! store's NOTIFY events.
+
+pub mod api;
+pub mod handlers;
+pub mod router;
+
+use std::fmt;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::http::api::{ApiError, ApiRequest, ApiResponse, Body, Method};
+use crate::http::handlers::Ctx;
+use crate::http::router::Decision;
+use crate::store::Store;
+
+/// Worker stack: a request with a Postgres round trip was measured to need well under
+/// 128 KiB in debug builds; this leaves headroom without the 2 MiB default.
+const WORKER_STACK_SIZE: usize = 512 * 1024;
+/// How long `shutdown` waits for workers to finish their current request.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Where to listen; port 0 picks a free port (read it back from `HttpHandle::addr`).
+    pub addr: SocketAddr,
+    pub n_workers: usize,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// The built React client (`superheroes-react/dist`).
+    pub static_dir: Option<PathBuf>,
+    /// Overrides the WebSocket URL `/config.json` hands to the client.
+    pub public_ws_url: Option<String>,
+    /// The WebSocket port `/config.json` combines with the request's Host name.
+    pub ws_port: u16,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            n_workers: 8,
+            max_body_bytes: 64 * 1024,
+            static_dir: None,
+            public_ws_url: None,
+            ws_port: 4080,
+        }
+    }
+}
+
+/// What the HTTP side needs from the rest of the server.
+#[derive(Clone, Default)]
+pub struct HttpDeps {
+    /// `None` (`--no-database`): the API answers 503.
+    pub store: Option<Store>,
+}
+
+/// The running server. Dropping it without `shutdown` leaves the workers running.
+pub struct HttpHandle {
+    pub addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    done_rx: Receiver<()>,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// The address could not be bound (in use, no permission).
+    Bind(std::io::Error),
+    /// A worker thread could not be spawned (thread limit).
+    Spawn(std::io::Error),
+    /// Some workers were still busy after the shutdown bound and were detached.
+    ShutdownTimeout { n_stuck: usize },
+}
+
+/// Binds `config.addr` and starts the workers.
+///
+/// # Errors
+/// `Error::Bind` if the address is unavailable; `Error::Spawn` if threads cannot be created.
+pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
+    let listener = TcpListener::bind(config.addr).map_err(Error::Bind)?;
+    let addr = listener.local_addr().map_err(Error::Bind)?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| Error::Bind(std::io::Error::other(e.to_string())))?;
+    let server = Arc::new(server);
+    let n_workers = config.n_workers.max(1);
+    let ctx = Arc::new(Ctx { config, store: deps.store });
+    // Nobody sends on this channel: each worker holds a sender, and disconnection means
+    // every worker has exited.
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let mut handle = HttpHandle { addr, server, workers: Vec::with_capacity(n_workers), done_rx };
+    for i in 0..n_workers {
+        let worker = Worker {
+            server: Arc::clone(&handle.server),
+            ctx: Arc::clone(&ctx),
+            _done: done_tx.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("http-{i}"))
+            .stack_size(WORKER_STACK_SIZE)
+            .spawn(move || worker.run());
+        match spawned {
+            Ok(thread) => handle.workers.push(thread),
+            Err(e) => {
+                drop(done_tx);
+                let _ = handle.shutdown();
+                return Err(Error::Spawn(e));
+            }
+        }
+    }
+    drop(done_tx);
+    log::info!("http listening on {addr} with {n_workers} workers");
+    Ok(handle)
+}
+
+impl HttpHandle {
+    /// Stops accepting work and joins every worker, waiting at most 15 s for requests in
+    /// flight, then drops tiny_http's server (which stops its accept thread).
+    ///
+    /// # Errors
+    /// `ShutdownTimeout` if some worker was still busy; it is detached.
+    pub fn shutdown(self) -> Result<(), Error> {
+        // One unblock per worker: each wakes exactly one thread blocked in `recv`.
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        let all_exited =
+            matches!(self.done_rx.recv_deadline(deadline), Err(RecvTimeoutError::Disconnected));
+        let mut n_stuck = 0;
+        for worker in self.workers {
+            if all_exited || worker.is_finished() {
+                let _ = worker.join();
+            } else {
+                n_stuck += 1;
+            }
+        }
+        if n_stuck == 0 { Ok(()) } else { Err(Error::ShutdownTimeout { n_stuck }) }
+    }
+}
+
+struct Worker {
+    server: Arc<tiny_http::Server>,
+    ctx: Arc<Ctx>,
+    /// Dropped when the worker exits, by return or panic: how `shutdown` knows.
+    _done: Sender<()>,
+}
+
+impl Worker {
+    /// Serves requests until `unblock` (or an accept error) makes `recv` fail.
+    fn run(self) {
+        while let Ok(request) = self.server.recv() {
+            self.serve(request);
+        }
+    }
+
+    fn serve(&self, mut request: tiny_http::Request) {
+        let started = Instant::now();
+        let method = request.method().to_string();
+        let url = request.url().to_owned();
+        let response = catch_unwind(AssertUnwindSafe(|| handle(&mut request, &self.ctx)))
+            .unwrap_or_else(|_| {
+                log::error!("{method} {url}: handler panicked");
+                ApiError::status(500).into_response()
+            });
+        let status = response.status;
+        if let Err(e) = request.respond(to_tiny(response)) {
+            log::debug!("{method} {url}: writing the response failed: {e}");
+        }
+        log::info!("{method} {} {status} {:.1?}", path_of(&url), started.elapsed());
+    }
+}
+
+/// Routes, reads the body if the route takes one, and runs the handler.
+fn handle(request: &mut tiny_http::Request, ctx: &Ctx) -> ApiResponse {
+    let mut api = ApiRequest {
+        method: Method::parse(request.method().as_str()),
+        path: path_of(request.url()).to_owned(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_owned()))
+            .collect(),
+        body: Vec::new(),
+    };
+    let (route, params) = match router::decide(&api, ctx) {
+        Decision::Respond(response) => return response,
+        Decision::Handle { route, params } => (route, params),
+    };
+    let result = if route.takes_body {
+        read_body(request, &api, ctx.config.max_body_bytes).and_then(|body| {
+            api.body = body;
+            (route.handler)(&api, ctx, &params)
+        })
+    } else {
+        (route.handler)(&api, ctx, &params)
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Checks the media type (415) and size (413, first by Content-Length, then while reading)
+/// before reading at most `max` bytes.
+fn read_body(
+    request: &mut tiny_http::Request,
+    api: &ApiRequest,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
+    if let Some(content_type) = api.header("content-type") {
+        if !is_json(content_type) {
+            return Err(ApiError::status(415));
+        }
+    }
+    if request.body_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    request
+        .as_reader()
+        .take(limit)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
+    if body.len() > max { Err(too_large()) } else { Ok(body) }
+}
+
+/// 413, asking the client to close: the rest of its body is not worth reading.
+fn too_large() -> ApiError {
+    ApiError::status(413).with_header("Connection", "close".to_owned())
+}
+
+/// `application/json`, any `+json` type, with or without parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn path_of(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// Converts to tiny_http, adding the headers every response carries.
+fn to_tiny(response: ApiResponse) -> tiny_http::Response<Box<dyn Read + Send>> {
+    let mut headers: Vec<tiny_http::Header> = response
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+        })
+        .collect();
+    for (name, value) in [("Access-Control-Allow-Origin", "*"), ("Server", "phx-threads")] {
+        headers.push(tiny_http::Header::from_bytes(name, value).expect("static header is valid"));
+    }
+    let (reader, len): (Box<dyn Read + Send>, usize) = match response.body {
+        Body::Empty => (Box::new(std::io::empty()), 0),
+        Body::Bytes(bytes) => {
+            let len = bytes.len();
+            (Box::new(std::io::Cursor::new(bytes)), len)
+        }
+        Body::File { file, len } => (Box::new(file), len),
+    };
+    tiny_http::Response::new(
+        tiny_http::StatusCode(response.status),
+        headers,
+        reader,
+        Some(len),
+        None,
+    )
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Bind(e) => write!(f, "cannot listen for http: {e}"),
+            Error::Spawn(e) => write!(f, "cannot spawn an http worker: {e}"),
+            Error::ShutdownTimeout { n_stuck } => {
+                write!(f, "{n_stuck} http workers did not stop in time")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind(e) | Error::Spawn(e) => Some(e),
+            Error::ShutdownTimeout { .. } => None,
+        }
+    }
+}
