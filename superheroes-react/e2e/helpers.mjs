@@ -66,7 +66,10 @@ export function requireChromium() {
 }
 
 export function tempDir(prefix) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  // As root the server's private PostgreSQL runs as the postgres user, which must reach it.
+  fs.chmodSync(dir, 0o755);
+  return dir;
 }
 
 // ---------------------------------------------------------------------------
