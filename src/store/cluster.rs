@@ -242,6 +242,7 @@ impl LocalCluster {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::cluster(format!("cannot create {}", dir.display()), Some(e)))?;
         let Some(user) = &self.run_as else { return Ok(()) };
+        check_traversable(dir, user)?;
         std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(|e| {
             Error::cluster(format!("cannot chown {} to {}", dir.display(), user.name), Some(e))
         })
@@ -430,6 +431,32 @@ fn unprivileged_user() -> Result<User, Error> {
                        to run PostgreSQL as (initdb refuses root)";
             Error::cluster(msg, None)
         })
+}
+
+/// initdb, run as `user`, fails with a bare "Permission denied" if any ancestor of our
+/// directories is closed to it (`mktemp -d` makes 0700 directories); say which one.
+fn check_traversable(dir: &Path, user: &User) -> Result<(), Error> {
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(ancestor) else { continue };
+        let mode = meta.mode();
+        let searchable = if meta.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            let message = format!(
+                "PostgreSQL runs as user {} (initdb refuses root) but cannot enter {}; \
+                 make it searchable (chmod o+x) or use a data directory elsewhere",
+                user.name,
+                ancestor.display()
+            );
+            return Err(Error::cluster(message, None));
+        }
+    }
+    Ok(())
 }
 
 /// `<data_dir>/sock` when short enough for a Unix socket path, else a directory under the
