@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Property-based API testing: runs Schemathesis against openapi.yaml and a live server.
 #
-# Starts the REST server (the `rest_server` example: store bootstrap on a throwaway
-# LocalCluster, then http::start) on a free port, installs Schemathesis into a venv, and runs
+# Starts the real binary (`phx-threads serve`, with a throwaway private PostgreSQL) on a free
+# port, installs Schemathesis into a venv, and runs
 # every check with a bounded number of examples (well under 3 minutes on 2 cores).
 # Exits non-zero if any check fails.
 #
@@ -37,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "--- building the server"
-cargo build --quiet --example rest_server
+cargo build --quiet --locked --bin phx-threads
 
 echo "--- installing $SCHEMATHESIS_VERSION into $VENV"
 if [[ ! -x "$VENV/bin/schemathesis" ]]; then
@@ -50,8 +50,8 @@ PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); 
 BASE="http://127.0.0.1:$PORT"
 
 echo "--- starting the server on $BASE"
-"$ROOT/target/debug/examples/rest_server" --http-addr "127.0.0.1:$PORT" \
-    --data-dir "$WORK/pg" >"$WORK/server.log" 2>&1 &
+"$ROOT/target/debug/phx-threads" serve --ws-addr 127.0.0.1:0 --http-addr "127.0.0.1:$PORT" \
+    --data-dir "$WORK" ${DATABASE_URL:+--database-url "$DATABASE_URL"} >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 300); do
     if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then break; fi
