@@ -1,1 +1,26 @@
-//! phx-threads: a Phoenix Channels server on OS threads. See ARCHITECTURE.md.
+//! phx-threads: a Phoenix Channels server on OS threads, no async.
+//!
+//! Every WebSocket connection is a socket thread plus a writer thread, every joined channel is
+//! a thread, and a registry thread routes PubSub broadcasts. ARCHITECTURE.md has the map; the
+//! modules below are listed in reading order, framework first, application last.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod logger;
+pub mod process;
+pub mod protocol;
+
+pub mod channel;
+pub mod pubsub;
+pub mod server;
+pub mod socket;
+
+pub mod app;
+
+pub use channel::{Channel, ChannelCtx, Flow, HandleIn, Info, Router, StopReason};
+pub use config::Config;
+pub use protocol::Payload;
+pub use pubsub::PubSub;
+pub use server::{ServerHandle, ShutdownReport, start};
+pub use socket::transport::{ConnectFn, ConnectInfo, Connected, Refused};

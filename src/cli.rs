@@ -1,0 +1,183 @@
+//! Command line: `phx-threads [serve|migrate] [options]`, each option also settable through
+//! the environment variable shown in `--help`. Flags win over the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::Config;
+
+pub const HELP: &str = "\
+phx-threads: a Phoenix Channels server on OS threads
+
+USAGE:
+    phx-threads [serve] [OPTIONS]     run the server (default)
+    phx-threads migrate [OPTIONS]     apply database migrations and exit
+
+OPTIONS (environment variable in brackets):
+    --ws-addr ADDR            WebSocket listener [PHX_WS_ADDR, default 127.0.0.1:4080]
+    --http-addr ADDR          REST/static listener [PHX_HTTP_ADDR, default 127.0.0.1:4001]
+    --database-url URL        PostgreSQL to use [DATABASE_URL]; without it a private
+                              cluster is started in DATA_DIR/pg
+    --no-database             run without PostgreSQL (chat only; REST answers 503)
+    --data-dir DIR            where the private cluster lives [PHX_DATA_DIR, default ./data]
+    --static-dir DIR          built React client to serve at / [PHX_STATIC_DIR,
+                              default ./superheroes-react/dist]
+    --public-ws-url URL       socket URL given to the browser [PHX_PUBLIC_WS_URL]
+    --max-connections N       [PHX_MAX_CONNECTIONS, default 16000]
+    --max-channels N          per connection [PHX_MAX_CHANNELS, default 100]
+    --max-frame-bytes N       [PHX_MAX_FRAME_BYTES, default 1048576]
+    --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
+    --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
+                              [PHX_CHECK_ORIGIN, default: any]
+    -h, --help                this text
+
+Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    Migrate,
+    Help,
+}
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub command: Command,
+    pub ws: Config,
+    pub http_addr: SocketAddr,
+    pub database_url: Option<String>,
+    pub no_database: bool,
+    pub data_dir: PathBuf,
+    pub static_dir: PathBuf,
+    pub public_ws_url: Option<String>,
+}
+
+/// Parses `argv[1..]` with `env` as the fallback for every option.
+pub fn parse(
+    argv: impl IntoIterator<Item = String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Args, String> {
+    let mut args = defaults(&env)?;
+    let mut argv = argv.into_iter().peekable();
+    match argv.peek().map(String::as_str) {
+        Some("serve") => {
+            argv.next();
+        }
+        Some("migrate") => {
+            argv.next();
+            args.command = Command::Migrate;
+        }
+        _ => {}
+    }
+    while let Some(flag) = argv.next() {
+        if flag == "-h" || flag == "--help" {
+            args.command = Command::Help;
+            continue;
+        }
+        if flag == "--no-database" {
+            args.no_database = true;
+            continue;
+        }
+        let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        apply(&mut args, &flag, &value)?;
+    }
+    Ok(args)
+}
+
+fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
+    let mut args = Args {
+        command: Command::Serve,
+        ws: Config::default(),
+        http_addr: "127.0.0.1:4001".parse().expect("valid address"),
+        database_url: None,
+        no_database: false,
+        data_dir: PathBuf::from("data"),
+        static_dir: PathBuf::from("superheroes-react/dist"),
+        public_ws_url: None,
+    };
+    for (var, flag) in [
+        ("PHX_WS_ADDR", "--ws-addr"),
+        ("PHX_HTTP_ADDR", "--http-addr"),
+        ("DATABASE_URL", "--database-url"),
+        ("PHX_DATA_DIR", "--data-dir"),
+        ("PHX_STATIC_DIR", "--static-dir"),
+        ("PHX_PUBLIC_WS_URL", "--public-ws-url"),
+        ("PHX_MAX_CONNECTIONS", "--max-connections"),
+        ("PHX_MAX_CHANNELS", "--max-channels"),
+        ("PHX_MAX_FRAME_BYTES", "--max-frame-bytes"),
+        ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
+        ("PHX_CHECK_ORIGIN", "--check-origin"),
+    ] {
+        if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+            apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
+        }
+    }
+    Ok(args)
+}
+
+fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
+    let number = || value.parse::<usize>().map_err(|_| format!("{flag}: not a number: {value}"));
+    let addr =
+        || value.parse::<SocketAddr>().map_err(|_| format!("{flag}: not an address: {value}"));
+    match flag {
+        "--ws-addr" => args.ws.ws_addr = addr()?,
+        "--http-addr" => args.http_addr = addr()?,
+        "--database-url" => args.database_url = Some(value.to_string()),
+        "--data-dir" => args.data_dir = PathBuf::from(value),
+        "--static-dir" => args.static_dir = PathBuf::from(value),
+        "--public-ws-url" => args.public_ws_url = Some(value.to_string()),
+        "--max-connections" => args.ws.max_connections = number()?,
+        "--max-channels" => args.ws.max_channels_per_connection = number()?,
+        "--max-frame-bytes" => args.ws.max_frame_bytes = number()?,
+        "--idle-timeout-ms" => {
+            args.ws.idle_timeout = std::time::Duration::from_millis(number()? as u64)
+        }
+        "--check-origin" => {
+            args.ws.check_origin =
+                value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
+        }
+        _ => return Err(format!("unknown option {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_with(argv: &[&str], env: &[(&str, &str)]) -> Result<Args, String> {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse(argv.iter().map(|s| s.to_string()), move |k| {
+            env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let args = parse_with(
+            &["serve", "--ws-addr", "127.0.0.1:0", "--no-database"],
+            &[("PHX_WS_ADDR", "127.0.0.1:9"), ("PHX_MAX_CONNECTIONS", "7")],
+        )
+        .unwrap();
+        assert_eq!(args.ws.ws_addr.port(), 0);
+        assert_eq!(args.ws.max_connections, 7);
+        assert!(args.no_database);
+        assert_eq!(args.command, Command::Serve);
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        assert_eq!(
+            parse_with(&["--bogus", "1"], &[]).unwrap_err(),
+            "unknown option --bogus (see --help)"
+        );
+        assert_eq!(parse_with(&["--ws-addr"], &[]).unwrap_err(), "--ws-addr needs a value");
+        assert!(
+            parse_with(&[], &[("PHX_MAX_CHANNELS", "x")])
+                .unwrap_err()
+                .starts_with("PHX_MAX_CHANNELS")
+        );
+        assert_eq!(parse_with(&["migrate"], &[]).unwrap().command, Command::Migrate);
+    }
+}

@@ -1,0 +1,75 @@
+//! Server configuration: plain fields with units in their names or as `Duration`s, sane
+//! defaults, and every limit of the server in one place (ARCHITECTURE.md lists them all).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// WebSocket side of the server. `Default` gives the documented production defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the WebSocket listener binds. Port 0 picks a free port (see `ServerHandle::ws_addr`).
+    pub ws_addr: SocketAddr,
+    /// Mount path of the socket; phoenix.js appends `/websocket` to the endpoint it is given.
+    pub ws_path: String,
+    /// Connections beyond this get HTTP 503 before the upgrade.
+    pub max_connections: usize,
+    /// Joins beyond this are refused with `{"reason":"too many channels joined"}` (Phoenix: 100).
+    pub max_channels_per_connection: usize,
+    /// Largest accepted client frame and message; bigger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames queued for one connection's writer. A client that lets this fill up is a slow
+    /// consumer and is disconnected, so it cannot slow or bloat the server.
+    pub outbound_queue_frames: usize,
+    /// Messages queued for one channel process before the sender waits (socket) or the
+    /// connection is treated as a slow consumer (registry).
+    pub channel_mailbox: usize,
+    /// Messages queued for the PubSub registry before broadcasters wait.
+    pub registry_mailbox: usize,
+    /// Close with 1002 after this long without any data from the client (Phoenix: 60 s).
+    pub idle_timeout: Duration,
+    /// The HTTP upgrade must complete within this.
+    pub handshake_timeout: Duration,
+    /// A channel's `join` callback must answer within this, else `{"reason":"join timeout"}`.
+    pub join_timeout: Duration,
+    /// A write to a client socket that makes no progress for this long ends the connection.
+    pub write_timeout: Duration,
+    /// How long the socket waits for a busy channel's mailbox before closing the connection.
+    pub channel_send_timeout: Duration,
+    /// Graceful shutdown: every connection closed and every thread joined within this.
+    pub shutdown_timeout: Duration,
+    /// Only these `Origin` hosts may connect (`example.com`, `*.example.com`); empty allows any.
+    pub check_origin: Vec<String>,
+    /// Stack sizes of the three per-connection thread kinds (bytes of address space; only the
+    /// touched pages cost memory).
+    pub socket_stack_bytes: usize,
+    pub writer_stack_bytes: usize,
+    pub channel_stack_bytes: usize,
+    /// tungstenite's per-connection read buffer (its default is 128 KiB).
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            ws_addr: "127.0.0.1:4080".parse().expect("valid address"),
+            ws_path: "/socket".to_string(),
+            max_connections: 16_000,
+            max_channels_per_connection: 100,
+            max_frame_bytes: 1 << 20,
+            outbound_queue_frames: 1024,
+            channel_mailbox: 1024,
+            registry_mailbox: 65_536,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            channel_send_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            check_origin: Vec::new(),
+            socket_stack_bytes: 128 * 1024,
+            writer_stack_bytes: 64 * 1024,
+            channel_stack_bytes: 256 * 1024,
+            read_buffer_bytes: 4 * 1024,
+        }
+    }
+}

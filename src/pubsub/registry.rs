@@ -1,0 +1,117 @@
+//! The registry loop: topic → subscribers, and the fastlane dispatch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, TrySendError};
+
+use super::{Broadcast, Msg, SubId, Subscriber, Target};
+use crate::channel;
+use crate::protocol::{Outgoing, Vsn};
+use crate::socket::conn::{CloseReason, Outbound};
+
+/// Subscribers of one topic. The index makes unsubscribe O(1), which matters when 19k
+/// connections leave one topic at once.
+#[derive(Default)]
+struct Topic {
+    subs: Vec<Subscriber>,
+    index: HashMap<SubId, usize>,
+}
+
+impl Topic {
+    fn insert(&mut self, sub: Subscriber) {
+        self.index.insert(sub.id, self.subs.len());
+        self.subs.push(sub);
+    }
+
+    fn remove(&mut self, id: SubId) {
+        let Some(i) = self.index.remove(&id) else { return };
+        self.subs.swap_remove(i);
+        if let Some(moved) = self.subs.get(i) {
+            self.index.insert(moved.id, i);
+        }
+    }
+}
+
+pub(super) fn run(rx: Receiver<Msg>) {
+    let mut topics: HashMap<String, Topic> = HashMap::new();
+    for msg in rx {
+        match msg {
+            Msg::Subscribe { topic, sub } => topics.entry(topic).or_default().insert(sub),
+            Msg::Unsubscribe { topic, id } => unsubscribe(&mut topics, &topic, id),
+            Msg::Broadcast { broadcast, from } => {
+                if let Some(topic) = topics.get(&broadcast.topic) {
+                    dispatch(topic, &broadcast, from);
+                }
+            }
+            Msg::Stop => break,
+        }
+    }
+}
+
+fn unsubscribe(topics: &mut HashMap<String, Topic>, topic: &str, id: SubId) {
+    if let Some(t) = topics.get_mut(topic) {
+        t.remove(id);
+        if t.subs.is_empty() {
+            topics.remove(topic);
+        }
+    }
+}
+
+/// Delivers one broadcast. Fastlane frames are encoded at most once per serializer.
+fn dispatch(topic: &Topic, broadcast: &Arc<Broadcast>, from: Option<SubId>) {
+    let mut frames = Fastlane::new(broadcast);
+    for sub in topic.subs.iter().filter(|s| Some(s.id) != from) {
+        match &sub.target {
+            Target::Channel { tx, fastlane: Some(conn), intercepts }
+                if !intercepts.iter().any(|e| *e == broadcast.event) =>
+            {
+                if let Some(frame) = frames.get(conn.vsn) {
+                    conn.send(Outbound::Shared(frame));
+                }
+                let _ = tx; // the channel process is bypassed: that is the point of fastlane
+            }
+            Target::Channel { tx, fastlane, .. } => {
+                let msg = channel::Msg::Broadcast(broadcast.clone());
+                if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
+                    // A channel that cannot keep up with its broadcasts is a slow consumer too.
+                    if let Some(conn) = fastlane {
+                        conn.shared.close(CloseReason::SlowConsumer);
+                    }
+                    log::warn!("channel mailbox full on {}: broadcast dropped", broadcast.topic);
+                }
+            }
+            Target::Socket(conn) if broadcast.event == "disconnect" => {
+                conn.shared.close(CloseReason::Disconnect);
+            }
+            Target::Socket(_) => {}
+            Target::Mailbox(tx) => {
+                if let Err(TrySendError::Full(_)) = tx.try_send(broadcast.clone()) {
+                    log::warn!("subscriber mailbox full on {}: broadcast dropped", broadcast.topic);
+                }
+            }
+        }
+    }
+}
+
+/// Lazily encoded broadcast frames, one per serializer (`Serializer.fastlane!/1`).
+struct Fastlane<'a> {
+    broadcast: &'a Broadcast,
+    frames: [Option<Option<Arc<[u8]>>>; 2],
+}
+
+impl<'a> Fastlane<'a> {
+    fn new(broadcast: &'a Broadcast) -> Self {
+        Fastlane { broadcast, frames: [None, None] }
+    }
+
+    fn get(&mut self, vsn: Vsn) -> Option<Arc<[u8]>> {
+        let b = self.broadcast;
+        self.frames[vsn.index()]
+            .get_or_insert_with(|| {
+                let out = Outgoing::broadcast(&b.topic, &b.event, &b.payload);
+                vsn.encode(&out).map(|e| Arc::from(e.into_frame()))
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,254 @@
+//! The top of the process tree: starts PubSub and the WebSocket acceptor, and shuts everything
+//! down in order (`ServerHandle::shutdown`).
+//!
+//! Runs on: the caller's thread (start/shutdown) and the `ws-accept` thread.
+//! Shutdown order: stop accepting → ask every connection to close with 1012 (each stops its
+//! channels, then closes its WebSocket, then joins its threads) → wait, bounded, until every
+//! connection thread has ended → stop the PubSub registry.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::channel::Router;
+use crate::config::Config;
+use crate::process;
+use crate::pubsub::{PubSub, PubSubProcess};
+use crate::socket::conn::{CloseReason, ConnShared};
+use crate::socket::transport::{ConnectFn, Connected};
+use crate::socket::{self, Endpoint};
+
+/// Live connections, for shutdown and the connection limit.
+#[derive(Default)]
+struct Connections {
+    table: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    emptied: Condvar,
+}
+
+impl Connections {
+    fn len(&self) -> usize {
+        self.table.lock().len()
+    }
+
+    fn remove(&self, id: u64) {
+        let mut table = self.table.lock();
+        table.remove(&id);
+        if table.is_empty() {
+            self.emptied.notify_all();
+        }
+    }
+
+    /// Waits until no connection is left; false on timeout.
+    fn wait_empty(&self, deadline: Instant) -> bool {
+        let mut table = self.table.lock();
+        while !table.is_empty() {
+            if self.emptied.wait_until(&mut table, deadline).timed_out() {
+                return table.is_empty();
+            }
+        }
+        true
+    }
+}
+
+/// Removes a connection from the table when its socket thread ends, however it ends.
+struct ConnGuard {
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.connections.remove(self.id);
+    }
+}
+
+/// A running server. Dropping it without `shutdown` leaves the threads running.
+pub struct ServerHandle {
+    ws_addr: SocketAddr,
+    pubsub: Option<PubSubProcess>,
+    connections: Arc<Connections>,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+    shutdown_timeout: Duration,
+}
+
+/// What `shutdown` achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections open when shutdown began.
+    pub connections: usize,
+    /// True if every connection and thread ended within the shutdown timeout.
+    pub clean: bool,
+}
+
+/// Accepts every connection with no assigns and no socket id.
+pub fn accept_all() -> ConnectFn {
+    Arc::new(|_| Ok(Connected::default()))
+}
+
+/// Binds the WebSocket listener and starts the acceptor and the PubSub registry.
+pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<ServerHandle> {
+    let listener = TcpListener::bind(config.ws_addr)?;
+    let ws_addr = listener.local_addr()?;
+    let pubsub = PubSubProcess::start(config.registry_mailbox)?;
+    let shutdown_timeout = config.shutdown_timeout;
+    let endpoint = Arc::new(Endpoint { config, router, connect, pubsub: pubsub.pubsub.clone() });
+    let connections = Arc::new(Connections::default());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let (connections, stopping) = (connections.clone(), stopping.clone());
+        process::spawn("ws-accept".into(), 256 * 1024, move || {
+            accept_loop(listener, endpoint, connections, stopping)
+        })?
+    };
+    log::info!("websocket listening on {ws_addr}");
+    Ok(ServerHandle {
+        ws_addr,
+        pubsub: Some(pubsub),
+        connections,
+        stopping,
+        acceptor: Some(acceptor),
+        shutdown_timeout,
+    })
+}
+
+impl ServerHandle {
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// Broadcast from outside any channel (REST handlers, jobs): `Endpoint.broadcast/3`.
+    pub fn pubsub(&self) -> PubSub {
+        self.pubsub.as_ref().expect("running").pubsub.clone()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Stops accepting, closes every connection with 1012 and joins every thread, within the
+    /// configured shutdown timeout.
+    pub fn shutdown(mut self) -> ShutdownReport {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() by connecting to ourselves (tiny_http does the same).
+        let _ = TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
+        let socket_threads = self.acceptor.take().map(|a| a.join().unwrap_or_default());
+        let open: Vec<Arc<ConnShared>> = self.connections.table.lock().values().cloned().collect();
+        for conn in &open {
+            conn.close(CloseReason::Shutdown);
+        }
+        let mut clean = self.connections.wait_empty(deadline);
+        for thread in socket_threads.unwrap_or_default() {
+            // Every socket thread has dropped its guard, so these joins return at once.
+            if clean || thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                clean = false;
+            }
+        }
+        if let Some(pubsub) = self.pubsub.take() {
+            pubsub.stop();
+        }
+        log::info!("websocket server stopped ({} connections closed)", open.len());
+        ShutdownReport { connections: open.len(), clean }
+    }
+}
+
+/// The acceptor loop; it ends when `stopping` is set. Returns the socket threads still
+/// running so shutdown can join them.
+fn accept_loop(
+    listener: TcpListener,
+    endpoint: Arc<Endpoint>,
+    connections: Arc<Connections>,
+    stopping: Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (n, incoming) in listener.incoming().enumerate() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        if n % 1024 == 1023 {
+            threads.retain(|t| !t.is_finished());
+        }
+        let tcp = match incoming {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        if let Some(thread) = admit(tcp, id, &endpoint, &connections) {
+            threads.push(thread);
+        }
+    }
+    threads
+}
+
+/// Starts the socket process for one accepted stream, or refuses it with 503 when the server
+/// is at its connection limit or out of threads.
+fn admit(
+    tcp: TcpStream,
+    id: u64,
+    endpoint: &Arc<Endpoint>,
+    connections: &Arc<Connections>,
+) -> Option<JoinHandle<()>> {
+    let peer = tcp.peer_addr().ok()?;
+    let _ = tcp.set_nodelay(true);
+    // One file descriptor per connection, shared by its threads (`&TcpStream` reads and
+    // writes): the process may hold at most 20,000 open files, and 19k connections must fit.
+    let tcp = Arc::new(tcp);
+    let shared = Arc::new(ConnShared::new(id, tcp.clone()));
+    {
+        let mut table = connections.table.lock();
+        if table.len() >= endpoint.config.max_connections {
+            drop(table);
+            log::warn!("refusing {peer}: max_connections reached");
+            drop(shared);
+            refuse_503(&tcp);
+            return None;
+        }
+        table.insert(id, shared.clone());
+    }
+    let guard = ConnGuard { id, connections: connections.clone() };
+    let endpoint2 = endpoint.clone();
+    let stack = endpoint.config.socket_stack_bytes;
+    let spawned = process::spawn(format!("ws-{id}"), stack, move || {
+        let _guard = guard;
+        socket::run(endpoint2, tcp, peer, shared);
+    });
+    match spawned {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            // The guard moved into the closure was dropped with it, freeing the slot.
+            log::error!("refusing {peer}: cannot start a thread: {e}");
+            None
+        }
+    }
+}
+
+/// Answers an over-limit connection with 503 from the acceptor itself: no thread is spent.
+/// Whatever the client already sent is read first so closing does not reset the connection.
+fn refuse_503(mut tcp: &TcpStream) {
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(50)));
+    let _ = tcp.set_write_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 2048];
+    let _ = tcp.read(&mut buf);
+    let body = "server at connection limit";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 5\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(response.as_bytes());
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+}

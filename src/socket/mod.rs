@@ -1,0 +1,487 @@
+//! The socket process (`Phoenix.Socket` + the WebSocket transport): one per connection.
+//!
+//! Threads per connection: this one (`ws-<id>`: it performs the handshake, then reads frames
+//! with blocking reads and owns the connection's routing state), one writer (`ws-writer-<id>`,
+//! `conn.rs`), and one per joined channel. The socket never polls: it sleeps in `read` until
+//! the client sends something, the idle timeout passes, or someone shuts the TCP stream to
+//! wake it (`ConnShared::close`). Channel exits arrive on the `exits` mailbox, which is drained
+//! before and after every frame.
+//!
+//! The decision table (`handle_message`) follows `socket.ex`'s `handle_in/4`: heartbeat, join,
+//! duplicate join, leave, stale `join_ref`, unmatched topic, channel limit.
+
+pub(crate) mod conn;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, bounded};
+use serde_json::json;
+use tungstenite::{Message as WsMessage, WebSocket};
+
+use crate::channel::server::{self as channel_server, JoinOutcome, JoinRequest, Stop};
+use crate::channel::{self, Assigns, Router};
+use crate::config::Config;
+use crate::protocol::{
+    self, EVENT_CLOSE, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, HEARTBEAT_TOPIC, Inbound, Message,
+    Outgoing, Payload,
+};
+use crate::pubsub::{PubSub, SubId, Subscriber, Target};
+use conn::{CloseReason, ConnHandle, ConnShared, Outbound};
+use transport::{ConnectFn, HandshakeFailure, WsStream};
+
+/// What every socket process shares with the server.
+pub(crate) struct Endpoint {
+    pub config: Config,
+    pub router: Router,
+    pub connect: ConnectFn,
+    pub pubsub: PubSub,
+}
+
+/// Close codes the socket itself decides (the others are in `CloseReason`).
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_INVALID_DATA: u16 = 1007;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_INTERNAL: u16 = 1011;
+/// After our close frame, how long we keep reading for the client's close reply. Closing a TCP
+/// stream with unread data makes Linux send RST, which can destroy our close frame in flight.
+const LINGER: Duration = Duration::from_secs(2);
+/// Bytes we are willing to discard while lingering.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// A joined (or leaving) topic.
+struct Joined {
+    id: u64,
+    join_ref: String,
+    tx: Sender<channel::Msg>,
+    stop: Sender<Stop>,
+    thread: JoinHandle<()>,
+    leaving: bool,
+}
+
+/// How the read loop ended.
+enum End {
+    /// The client closed the WebSocket or the TCP stream.
+    ClientClosed,
+    /// We close with a code and reason.
+    Close(u16, String),
+    /// Someone else asked us to close (shutdown, disconnect, slow consumer).
+    Requested(CloseReason),
+}
+
+struct Socket {
+    endpoint: Arc<Endpoint>,
+    conn: ConnHandle,
+    assigns: Arc<Assigns>,
+    channels: HashMap<String, Joined>,
+    /// Channels told to stop whose exit has not been seen yet.
+    retired: HashMap<u64, JoinHandle<()>>,
+    exits_tx: Sender<u64>,
+    exits_rx: Receiver<u64>,
+    next_channel_id: u64,
+}
+
+/// Entry point of the `ws-<id>` thread: handshake, serve, tear down.
+pub(crate) fn run(
+    endpoint: Arc<Endpoint>,
+    tcp: Arc<TcpStream>,
+    peer: SocketAddr,
+    shared: Arc<ConnShared>,
+) {
+    let config = &endpoint.config;
+    let _ = tcp.set_read_timeout(Some(config.handshake_timeout));
+    let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
+    let (mut ws, session) = match transport::accept(tcp, peer, config, &endpoint.connect) {
+        Ok(accepted) => accepted,
+        Err(HandshakeFailure::Refused(status)) => {
+            log::info!("conn {}: upgrade refused with {status}", shared.id);
+            return;
+        }
+        Err(HandshakeFailure::Failed(why)) => {
+            log::debug!("conn {}: handshake failed: {why}", shared.id);
+            return;
+        }
+    };
+    let Some((conn, writer)) = start_writer(&endpoint, &mut ws, &shared, session.vsn) else {
+        return;
+    };
+    let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
+    let (exits_tx, exits_rx) = bounded(config.max_channels_per_connection + 16);
+    let mut socket = Socket {
+        endpoint: endpoint.clone(),
+        conn,
+        assigns: Arc::new(session.assigns),
+        channels: HashMap::new(),
+        retired: HashMap::new(),
+        exits_tx,
+        exits_rx,
+        next_channel_id: 1,
+    };
+    let end = socket.serve(&mut ws);
+    if let (Some(id), Some(sub)) = (session.socket_id.as_deref(), socket_sub) {
+        endpoint.pubsub.unsubscribe(id, sub);
+    }
+    socket.teardown(&mut ws, end, writer);
+}
+
+fn start_writer(
+    endpoint: &Endpoint,
+    ws: &mut WebSocket<WsStream>,
+    shared: &Arc<ConnShared>,
+    vsn: protocol::Vsn,
+) -> Option<(ConnHandle, conn::Writer)> {
+    let config = &endpoint.config;
+    let tcp = ws.get_ref().tcp();
+    let _ = tcp.set_read_timeout(Some(config.idle_timeout));
+    let _ = tcp.set_write_timeout(Some(config.write_timeout));
+    let write_half = tcp.clone();
+    let (outbox, rx) = bounded(config.outbound_queue_frames);
+    let writer = match conn::spawn_writer(write_half, rx, shared.id, config.writer_stack_bytes) {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::error!("conn {}: cannot start writer thread: {e}", shared.id);
+            let _ = tcp.shutdown(Shutdown::Both);
+            return None;
+        }
+    };
+    ws.get_mut().attach(outbox.clone());
+    Some((ConnHandle { shared: shared.clone(), outbox, vsn }, writer))
+}
+
+fn subscribe_socket_id(pubsub: &PubSub, id: Option<&str>, conn: &ConnHandle) -> Option<SubId> {
+    let id = id?;
+    let sub = SubId::next();
+    let target = Target::Socket(conn.clone());
+    pubsub.subscribe_target(id, Subscriber { id: sub, target }).ok().map(|()| sub)
+}
+
+impl Socket {
+    /// The read loop. Each iteration blocks in `read` for at most the idle timeout.
+    fn serve(&mut self, ws: &mut WebSocket<WsStream>) -> End {
+        loop {
+            let read = ws.read();
+            self.reap_exits();
+            if let Some(reason) = self.conn.shared.close_reason() {
+                return End::Requested(reason);
+            }
+            let frame = match read {
+                Ok(frame) => frame,
+                Err(e) => return self.read_error(e),
+            };
+            let result = match &frame {
+                WsMessage::Text(text) => self.handle_frame(Inbound::Text(text.as_str())),
+                WsMessage::Binary(bytes) => self.handle_frame(Inbound::Binary(bytes)),
+                // Pongs to pings and the reply to a close are queued by tungstenite and
+                // flushed at the start of the next `read`.
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Close(_) => Ok(()),
+                WsMessage::Frame(_) => Ok(()),
+            };
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    fn read_error(&self, e: tungstenite::Error) -> End {
+        use std::io::ErrorKind;
+        use tungstenite::Error as E;
+        match e {
+            E::ConnectionClosed | E::AlreadyClosed => End::ClientClosed,
+            E::Io(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                log::info!("conn {}: idle timeout", self.conn.shared.id);
+                End::Close(CLOSE_PROTOCOL_ERROR, "idle timeout".into())
+            }
+            E::Io(_) => End::ClientClosed,
+            E::Capacity(e) => End::Close(CLOSE_TOO_BIG, format!("message too big: {e}")),
+            E::Utf8(_) => End::Close(CLOSE_INVALID_DATA, "invalid UTF-8 in text frame".into()),
+            E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+                End::ClientClosed
+            }
+            E::Protocol(e) => End::Close(CLOSE_PROTOCOL_ERROR, format!("protocol error: {e}")),
+            other => End::Close(CLOSE_INTERNAL, other.to_string()),
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Inbound<'_>) -> Result<(), End> {
+        match self.conn.vsn.decode(frame) {
+            Ok(message) => self.handle_message(message),
+            Err(e) => {
+                log::info!("conn {}: closing: {e}", self.conn.shared.id);
+                Err(End::Close(CLOSE_INVALID_DATA, e.to_string()))
+            }
+        }
+    }
+
+    /// `socket.ex` `handle_in/4`, first match wins.
+    fn handle_message(&mut self, m: Message) -> Result<(), End> {
+        if m.topic == HEARTBEAT_TOPIC && m.event == EVENT_HEARTBEAT {
+            self.reply(None, m.ref_.as_deref(), &m.topic, "ok", &Payload::empty());
+            return Ok(());
+        }
+        match m.event.as_str() {
+            EVENT_JOIN => {
+                self.join(m);
+                Ok(())
+            }
+            EVENT_LEAVE => {
+                self.leave(m);
+                Ok(())
+            }
+            _ => self.forward(m),
+        }
+    }
+
+    fn join(&mut self, m: Message) {
+        let join_ref = m.join_ref.clone().or_else(|| m.ref_.clone()).unwrap_or_default();
+        let topic = m.topic.clone();
+        let replaced = self.channels.remove(&topic).and_then(|old| self.stop_duplicate(old));
+        let config = &self.endpoint.config;
+        if self.channels.len() >= config.max_channels_per_connection {
+            let reason = json!({"reason": "too many channels joined"});
+            self.reply(Some(&join_ref), m.ref_.as_deref(), &m.topic, "error", &reason.into());
+            return;
+        }
+        let Some(channel) = self.endpoint.router.route(&m.topic) else {
+            log::warn!("conn {}: join of unmatched topic {:?}", self.conn.shared.id, m.topic);
+            self.reply_unmatched(&m);
+            return;
+        };
+        if let Some(joined) = self.start_channel(topic.clone(), join_ref, m, channel) {
+            self.channels.insert(joined.0, joined.1);
+        }
+        if let Some(old_join_ref) = replaced {
+            let empty = Payload::empty();
+            let out = Outgoing::control(&old_join_ref, &topic, EVENT_CLOSE, &empty);
+            self.conn.send_message(&out);
+        }
+    }
+
+    /// Stops the channel a duplicate join replaces and waits (bounded) until it has left
+    /// PubSub. Returns the old join_ref for the `phx_close` that follows the new join's reply,
+    /// unless the old channel was already leaving (then it sent its own `phx_close`).
+    fn stop_duplicate(&mut self, old: Joined) -> Option<String> {
+        let _ = old.stop.try_send(Stop::Duplicate);
+        let (id, leaving, join_ref) = (old.id, old.leaving, old.join_ref.clone());
+        self.retired.insert(id, old.thread);
+        if !self.wait_exit(id, Duration::from_secs(5)) {
+            log::warn!("conn {}: replaced channel {id} did not stop in 5 s", self.conn.shared.id);
+        }
+        (!leaving).then_some(join_ref)
+    }
+
+    fn start_channel(
+        &mut self,
+        topic: String,
+        join_ref: String,
+        m: Message,
+        channel: Box<dyn channel::Channel>,
+    ) -> Option<(String, Joined)> {
+        let config = &self.endpoint.config;
+        let id = self.next_channel_id;
+        self.next_channel_id += 1;
+        let req = JoinRequest {
+            id,
+            topic: topic.clone(),
+            join_ref: join_ref.clone(),
+            ref_: m.ref_.clone(),
+            payload: m.payload,
+            channel,
+            assigns: self.assigns.clone(),
+            conn: self.conn.clone(),
+            pubsub: self.endpoint.pubsub.clone(),
+            exits: self.exits_tx.clone(),
+        };
+        let spawned =
+            match channel_server::spawn(req, config.channel_mailbox, config.channel_stack_bytes) {
+                Ok(spawned) => spawned,
+                Err(e) => {
+                    log::error!("conn {}: cannot start channel thread: {e}", self.conn.shared.id);
+                    let reason = json!({"reason": "server at capacity"}).into();
+                    self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
+                    return None;
+                }
+            };
+        match spawned.outcome.recv_timeout(config.join_timeout) {
+            Ok(JoinOutcome::Joined) => {
+                let joined = Joined {
+                    id,
+                    join_ref,
+                    tx: spawned.tx,
+                    stop: spawned.stop,
+                    thread: spawned.thread,
+                    leaving: false,
+                };
+                return Some((topic, joined));
+            }
+            Ok(JoinOutcome::Refused | JoinOutcome::Crashed) => {}
+            Err(_) => {
+                log::warn!("conn {}: join of {topic} timed out", self.conn.shared.id);
+                let reason = json!({"reason": "join timeout"}).into();
+                self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
+            }
+        }
+        // Dropping `stop` disconnects the channel's stop mailbox: a late join exits silently.
+        drop(spawned.stop);
+        self.retired.insert(id, spawned.thread);
+        None
+    }
+
+    fn leave(&mut self, m: Message) {
+        let Some(joined) = self.channels.get_mut(&m.topic) else {
+            // Not joined: Phoenix answers ok so the client's leave completes.
+            let (jr, r) = (m.join_ref.as_deref(), m.ref_.as_deref());
+            self.reply(jr, r, &m.topic, "ok", &Payload::empty());
+            return;
+        };
+        if m.join_ref.as_ref().is_some_and(|jr| *jr != joined.join_ref) {
+            return; // stale: the client raced a server-side close
+        }
+        joined.leaving = true;
+        let msg = channel::Msg::Leave { ref_: m.ref_ };
+        let _ = joined.tx.send_timeout(msg, self.endpoint.config.channel_send_timeout);
+    }
+
+    fn forward(&mut self, m: Message) -> Result<(), End> {
+        let Some(joined) = self.channels.get(&m.topic) else {
+            self.reply_unmatched(&m);
+            return Ok(());
+        };
+        if m.join_ref.as_ref().is_some_and(|jr| *jr != joined.join_ref) {
+            return Ok(()); // stale join_ref: dropped (Phoenix 1.8.3+); null is accepted
+        }
+        let msg =
+            channel::Msg::In { event: m.event.clone(), payload: m.payload, ref_: m.ref_.clone() };
+        match joined.tx.send_timeout(msg, self.endpoint.config.channel_send_timeout) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Disconnected(_)) => {
+                // The channel just exited; its exit notice is on the way.
+                let unmatched = Message { payload: Payload::empty(), ..m };
+                self.reply_unmatched(&unmatched);
+                Ok(())
+            }
+            Err(SendTimeoutError::Timeout(_)) => {
+                log::warn!("conn {}: channel {} is not keeping up", self.conn.shared.id, m.topic);
+                Err(End::Close(CLOSE_INTERNAL, format!("channel {} overloaded", m.topic)))
+            }
+        }
+    }
+
+    fn reply_unmatched(&self, m: &Message) {
+        let reason = json!({"reason": "unmatched topic"}).into();
+        self.reply(None, m.ref_.as_deref(), &m.topic, "error", &reason);
+    }
+
+    fn reply(
+        &self,
+        join_ref: Option<&str>,
+        ref_: Option<&str>,
+        topic: &str,
+        status: &str,
+        p: &Payload,
+    ) {
+        self.conn.send_message(&Outgoing::reply(join_ref, ref_, topic, status, p));
+    }
+
+    /// Handles every exit notice already queued, without waiting.
+    fn reap_exits(&mut self) {
+        while let Ok(id) = self.exits_rx.try_recv() {
+            self.exited(id);
+        }
+    }
+
+    /// Waits until channel `id` has exited, handling other exits meanwhile.
+    fn wait_exit(&mut self, id: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.retired.contains_key(&id) {
+            match self.exits_rx.recv_deadline(deadline) {
+                Ok(exited) => self.exited(exited),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn exited(&mut self, id: u64) {
+        if let Some(thread) = self.retired.remove(&id) {
+            let _ = thread.join();
+            return;
+        }
+        let topic = self.channels.iter().find(|(_, j)| j.id == id).map(|(t, _)| t.clone());
+        if let Some(joined) = topic.and_then(|t| self.channels.remove(&t)) {
+            let _ = joined.thread.join();
+        }
+    }
+
+    /// Stops every channel, closes the WebSocket the way `end` says, and waits (bounded) for
+    /// the channel threads.
+    fn teardown(&mut self, ws: &mut WebSocket<WsStream>, end: End, writer: conn::Writer) {
+        let stop = match end {
+            End::Requested(CloseReason::Shutdown) => Stop::Shutdown,
+            _ => Stop::Closed,
+        };
+        for (_, joined) in self.channels.drain() {
+            let _ = joined.stop.try_send(stop);
+            self.retired.insert(joined.id, joined.thread);
+        }
+        self.close_websocket(ws, end);
+        // Let the writer put the close frame on the wire before the stream is cut.
+        writer.wait_done(LINGER);
+        self.conn.shared.shutdown_tcp();
+        let deadline = Instant::now() + self.endpoint.config.shutdown_timeout / 2;
+        while !self.retired.is_empty() {
+            match self.exits_rx.recv_deadline(deadline) {
+                Ok(id) => self.exited(id),
+                Err(_) => break,
+            }
+        }
+        if !self.retired.is_empty() {
+            log::warn!(
+                "conn {}: {} channel(s) did not stop",
+                self.conn.shared.id,
+                self.retired.len()
+            );
+        }
+        writer.join();
+    }
+
+    fn close_websocket(&self, ws: &mut WebSocket<WsStream>, end: End) {
+        let (code, reason) = match end {
+            End::ClientClosed => {
+                self.conn.send(Outbound::Finish);
+                return;
+            }
+            End::Requested(CloseReason::SlowConsumer) => {
+                self.conn.shared.shutdown_tcp();
+                return;
+            }
+            End::Requested(r) => (r.code(), r.text().to_string()),
+            End::Close(code, reason) => (code, reason),
+        };
+        if self.conn.send(Outbound::Close { code, reason }) {
+            linger(ws);
+        }
+    }
+}
+
+/// Reads and discards until the client closes, for at most `LINGER` and `LINGER_BYTES`.
+fn linger(ws: &mut WebSocket<WsStream>) {
+    use std::io::Read;
+    let deadline = Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    let tcp = ws.get_mut();
+    while total < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tcp.tcp().set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
