@@ -20,6 +20,13 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
+static SMOKE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `d`, or a tenth of it in `--smoke` runs (settling pauses only, never measurements).
+pub fn pause(d: std::time::Duration) {
+    let smoke = SMOKE.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(if smoke { d / 10 } else { d });
+}
 
 /// Nanoseconds since the process-wide epoch: the clock every timestamp in a body uses, so send
 /// and receive times compare within the one process.
@@ -41,6 +48,7 @@ fn main() {
         println!("{}", opts::USAGE);
         return;
     }
+    SMOKE.store(opts.smoke, std::sync::atomic::Ordering::Relaxed);
     target::install_cleanup(opts.deadline());
     let code = match scenarios::run(&opts) {
         Ok(()) => 0,

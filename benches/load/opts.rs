@@ -29,10 +29,10 @@ options:
   --window SECS         heartbeat measurement window per step (default 10)
   --sizes LIST          fanout subscriber counts (default 1000,10000,19000)
   --rounds N            fanout rounds per size (default 50)
-  --subscribers N       sustained/slow/rest subscribers (defaults 10000/1000/1000)
-  --rate N              broadcasts per second (sustained: default 10; slow: 50)
-  --duration SECS       sustained/slow-phase/rest duration (defaults 30/15/20)
-  --pad BYTES           extra bytes in each broadcast body (default 0; slow: 2048)
+  --subscribers N       sustained/slow/rest subscribers (defaults 10000/200/1000)
+  --rate N              broadcasts per second (sustained: default 10; slow: 100)
+  --duration SECS       sustained/slow-phase/rest duration (defaults 30/20/20)
+  --pad BYTES           extra bytes in each broadcast body (default 0; slow: 1024)
   --rest-clients N      rest: concurrent HTTP clients (default 8)
   --client-threads N    generator event-loop threads (default 2)
   --inflight N          connections being opened at once, in all (default 256)
@@ -157,10 +157,10 @@ impl Opts {
         self.steps = vec![100, 300];
         self.sizes = vec![100, 300];
         self.rounds = 3;
-        self.window = Duration::from_secs(2);
+        self.window = Duration::from_secs(1);
         self.hb_interval = Duration::from_secs(1);
         self.hold = self.hold.min(Duration::from_secs(2));
-        self.subscribers.get_or_insert(300);
+        self.subscribers.get_or_insert(200);
         self.duration.get_or_insert(Duration::from_secs(2));
         self.rest_clients = self.rest_clients.min(2);
     }
@@ -179,7 +179,7 @@ impl Opts {
                 "scaling" => 600 + self.hold.as_secs() + 60 * self.steps.len() as u64,
                 "fanout" => 300 + 120 * self.sizes.len() as u64,
                 "sustained" => 300 + 2 * self.duration.map_or(30, |d| d.as_secs()),
-                "slow" => 300 + 4 * self.duration.map_or(15, |d| d.as_secs()),
+                "slow" => 300 + 4 * self.duration.map_or(20, |d| d.as_secs()),
                 "rest" => 400 + 2 * self.duration.map_or(20, |d| d.as_secs()),
                 _ => 120,
             }

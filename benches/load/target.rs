@@ -37,6 +37,9 @@ pub struct Server {
     /// Request path for the WebSocket upgrade.
     pub path: String,
     pub http: Option<SocketAddr>,
+    /// `MemAvailable` and our own RSS just before the server was spawned (after any build).
+    pub avail_before_kib: u64,
+    pub self_rss_before_kib: u64,
     child: Option<Child>,
     _data_dir: Option<TempDir>,
 }
@@ -61,6 +64,8 @@ impl Server {
                 ws,
                 path: with_vsn(&path),
                 http,
+                avail_before_kib: mem_available_kib(),
+                self_rss_before_kib: self_stat().rss_kib,
                 child: None,
                 _data_dir: None,
             });
@@ -68,6 +73,8 @@ impl Server {
         let bin = build_server()?;
         let mut cmd = Command::new(&bin);
         cmd.args(["serve", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        // The default connection cap (16,000) is below the top scaling step.
+        cmd.args(["--max-connections", "25000"]);
         let data_dir = if s.database {
             let d = TempDir::new("phx-bench-db")?;
             cmd.arg("--data-dir").arg(&d.0);
@@ -76,6 +83,7 @@ impl Server {
             cmd.arg("--no-database");
             None
         };
+        let (avail_before_kib, self_rss_before_kib) = settle();
         let (child, line) = spawn_and_wait(cmd, &s.opts.out, s.log_name, "listening", 120)?;
         let ws = field(&line, "ws=").ok_or(format!("no ws= in {line:?}"))?;
         let http = field(&line, "http=");
@@ -86,6 +94,8 @@ impl Server {
             ws,
             path: "/socket/websocket?vsn=2.0.0".into(),
             http,
+            avail_before_kib,
+            self_rss_before_kib,
             child: Some(child),
             _data_dir: data_dir,
         })
@@ -107,6 +117,7 @@ impl Server {
         }
         let mut cmd = Command::new("node");
         cmd.arg(dir.join("server.js")).env("PORT", "0");
+        let (avail_before_kib, self_rss_before_kib) = settle();
         let (child, line) = spawn_and_wait(cmd, &opts.out, log_name, "listening", 60)?;
         let ws = field(&line, "ws=").ok_or(format!("no ws= in {line:?}"))?;
         let pid = child.id();
@@ -116,6 +127,8 @@ impl Server {
             ws,
             path: "/socket.io/?EIO=4&transport=websocket".into(),
             http: None,
+            avail_before_kib,
+            self_rss_before_kib,
             child: Some(child),
             _data_dir: None,
         })
@@ -152,6 +165,13 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Lets memory freed by a build settle, then reads the baseline for system memory per
+/// connection.
+fn settle() -> (u64, u64) {
+    crate::pause(Duration::from_secs(2));
+    (mem_available_kib(), self_stat().rss_kib)
 }
 
 fn with_vsn(path: &str) -> String {
@@ -374,6 +394,19 @@ pub fn mem_available_kib() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// `ListenOverflows` + `ListenDrops` from /proc/net/netstat: SYNs dropped because a listen
+/// backlog was full (each costs the client a 1 s retransmit).
+pub fn listen_drops() -> u64 {
+    let s = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = s.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(h), Some(v)) = (lines.next(), lines.next()) else { return 0 };
+    h.split_whitespace()
+        .zip(v.split_whitespace())
+        .filter(|(k, _)| *k == "ListenOverflows" || *k == "ListenDrops")
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
 }
 
 pub fn self_stat() -> ProcStat {

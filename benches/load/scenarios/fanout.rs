@@ -58,7 +58,7 @@ fn run_one(kind: Kind, opts: &Opts, table: &mut Table) -> Res {
         if ramp.failed > 0 {
             println!("  {} connections failed to join; measuring with {subs}", ramp.failed);
         }
-        std::thread::sleep(Duration::from_secs(1));
+        crate::pause(Duration::from_secs(1));
         let cpu0 = target::proc_stat(server.pid).unwrap_or_default().cpu_s;
         let r = rounds(&fleet, subs, n, &mut seq, opts.rounds, opts.pad.unwrap_or(0), opts.smoke);
         let cpu = target::proc_stat(server.pid).unwrap_or_default().cpu_s - cpu0;

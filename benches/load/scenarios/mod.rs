@@ -17,6 +17,9 @@ pub type Res<T = ()> = Result<T, String>;
 
 pub fn run(opts: &Opts) -> Res {
     println!("load: scenario {} (smoke: {}, peer: {})", opts.scenario, opts.smoke, opts.peer);
+    if opts.scenario != "all" {
+        machine();
+    }
     match opts.scenario.as_str() {
         "scaling" => scaling::run(opts),
         "fanout" => fanout::run(opts),
@@ -37,6 +40,25 @@ pub fn run(opts: &Opts) -> Res {
             if failed.is_empty() { Ok(()) } else { Err(format!("failed: {}", failed.join(", "))) }
         }
         other => Err(format!("unknown scenario {other:?}")),
+    }
+}
+
+/// What the numbers were measured on, and the OS limits that bound the thread count.
+fn machine() {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let total = mem.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    println!("machine: {cpus} CPUs ({model}), MemTotal {total} kB, Linux {}", kernel.trim());
+    for (k, v) in target::limits_summary() {
+        println!("  {k} = {v}");
     }
 }
 

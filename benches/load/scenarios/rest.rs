@@ -46,7 +46,7 @@ pub fn run(opts: &Opts) -> Res {
     print_errors(&fleet.collect());
     check_alive(&mut server)?;
     let subs = ramp.joined as usize;
-    std::thread::sleep(Duration::from_secs(1));
+    crate::pause(Duration::from_secs(1));
     fleet.collect();
     let cpu0 = target::proc_stat(server.pid).unwrap_or_default().cpu_s;
     let t0 = Instant::now();

@@ -17,6 +17,7 @@ pub const HEADERS: &[&str] = &[
     "dropped",
     "join_per_s",
     "join_p99_ms",
+    "syn_drops",
     "threads",
     "rss_mib",
     "rss_kib_per_conn",
@@ -61,10 +62,9 @@ fn run_one(kind: Kind, opts: &Opts, table: &mut Table, hold: &mut Table) -> Res 
     let top = cap(kind, top);
     let mut steps: Vec<usize> = opts.steps.iter().map(|&s| s.min(top)).collect();
     steps.dedup();
-    let avail0 = target::mem_available_kib();
-    let me0 = target::self_stat();
     let mut server = start(kind, opts, &format!("scaling-{}", kind.name()))?;
-    std::thread::sleep(Duration::from_millis(500));
+    let (avail0, me0) = (server.avail_before_kib, server.self_rss_before_kib);
+    crate::pause(Duration::from_millis(500));
     let base = target::proc_stat(server.pid).ok_or("cannot read the server's /proc")?;
     println!("{}: idle RSS {} KiB, {} threads", kind.name(), base.rss_kib, base.threads);
     let mut fleet = Fleet::new(&server, opts.client_threads, opts.inflight);
@@ -72,20 +72,22 @@ fn run_one(kind: Kind, opts: &Opts, table: &mut Table, hold: &mut Table) -> Res 
     let topic = room_topic(opts.rooms);
     for &n in &steps {
         let label = format!("{} {n}", kind.name());
+        let drops0 = target::listen_drops();
         let ramp = fleet.ramp_to(n, &topic, &label, ramp_timeout(n));
         let ramp_samples = fleet.collect();
         print_errors(&ramp_samples);
         let mut join_us = ramp_samples.join_us;
         let new = ramp.joined + ramp.failed;
+        let drops = target::listen_drops() - drops0;
         check_alive(&mut server)?;
-        std::thread::sleep(Duration::from_secs(2));
+        crate::pause(Duration::from_secs(2));
         let st = target::proc_stat(server.pid).ok_or("server gone")?;
         let avail = target::mem_available_kib();
         let me = target::self_stat();
         let (hb, t) = measure_heartbeats(&fleet, opts);
         let joined = t.joined - t.dropped;
         let per = |kib: i64| if joined > 0 { format!("{:.1}", kib as f64 / joined as f64) } else { "-".into() };
-        let sys = avail0 as i64 - avail as i64 - (me.rss_kib as i64 - me0.rss_kib as i64);
+        let sys = avail0 as i64 - avail as i64 - (me.rss_kib as i64 - me0 as i64);
         table.row(vec![
             kind.name().into(),
             n.to_string(),
@@ -94,6 +96,7 @@ fn run_one(kind: Kind, opts: &Opts, table: &mut Table, hold: &mut Table) -> Res 
             t.dropped.to_string(),
             format!("{:.0}", new as f64 / ramp.elapsed.as_secs_f64().max(1e-3)),
             ms(lat(&mut join_us).p99),
+            drops.to_string(),
             st.threads.to_string(),
             format!("{:.1}", st.rss_kib as f64 / 1024.0),
             per(st.rss_kib as i64 - base.rss_kib as i64),

@@ -14,10 +14,10 @@ use crate::report::{Table, ms};
 use crate::target::{self, Kind};
 
 pub fn run(opts: &Opts) -> Res {
-    let subs = cap(Kind::Phoenix, opts.subscribers.unwrap_or(1000));
-    let rate = opts.rate.unwrap_or(50.0);
-    let duration = opts.duration.unwrap_or(Duration::from_secs(15));
-    let pad = opts.pad.unwrap_or(2048);
+    let subs = cap(Kind::Phoenix, opts.subscribers.unwrap_or(200));
+    let rate = opts.rate.unwrap_or(100.0);
+    let duration = opts.duration.unwrap_or(Duration::from_secs(20));
+    let pad = opts.pad.unwrap_or(1024);
     let mut server = start(Kind::Phoenix, opts, "slow-phx-threads")?;
     let mut fleet = Fleet::new(&server, opts.client_threads, opts.inflight);
     fleet.heartbeat(Some(KEEPALIVE));
@@ -26,7 +26,7 @@ pub fn run(opts: &Opts) -> Res {
     print_errors(&fleet.collect());
     check_alive(&mut server)?;
     let subs = ramp.joined as usize;
-    std::thread::sleep(Duration::from_secs(1));
+    crate::pause(Duration::from_secs(1));
 
     println!("slow: phase A, {rate}/s with {pad}-byte bodies to {subs} subscribers, no slow client");
     let a = drive(&fleet, &server, subs, rate, duration, pad, 0);

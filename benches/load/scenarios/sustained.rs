@@ -27,7 +27,7 @@ pub fn run(opts: &Opts) -> Res {
     print_errors(&fleet.collect());
     check_alive(&mut server)?;
     let subs = ramp.joined as usize;
-    std::thread::sleep(Duration::from_secs(1));
+    crate::pause(Duration::from_secs(1));
     let r = drive(&fleet, &server, subs, rate, duration, opts.pad.unwrap_or(0), 0);
     check_alive(&mut server)?;
     table.row(vec![
