@@ -1,0 +1,697 @@
+//! A client thread: one `mio::Poll` driving thousands of WebSocket connections, so the
+//! generator needs two or three threads however many connections it holds and does not blur the
+//! server's thread counts.
+//!
+//! The coordinator (the scenario code) talks to each driver with `Cmd` messages and a
+//! `mio::Waker`; drivers report progress through atomic `Counters` and hand over their latency
+//! samples on `Cmd::Collect`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::now_ns;
+use crate::wire::{self, HandshakeReply, Incoming, Kind, Proto};
+
+const WAKER: Token = Token(usize::MAX);
+/// A connection not joined this long after its `connect()` counts as failed.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub proto: Proto,
+    pub addr: SocketAddr,
+    /// Request path with query, e.g. `/socket/websocket?vsn=2.0.0`.
+    pub path: String,
+}
+
+/// One connection to open.
+#[derive(Clone)]
+pub struct ConnSpec {
+    pub topic: Arc<str>,
+    /// Shrink `SO_RCVBUF` before connecting (the slow client, so the server's writes stall soon).
+    pub small_rcvbuf: bool,
+    /// Record this connection's deliveries in the samples (false for the slow client).
+    pub record: bool,
+}
+
+pub enum Cmd {
+    Connect(Vec<ConnSpec>),
+    /// Every joined connection sends a heartbeat each `interval` (staggered); `None` stops.
+    Heartbeat(Option<Duration>),
+    /// Send a `new_msg` whose body carries `seq` and the send time, from connection `local`.
+    Push { local: usize, seq: u64, pad: usize },
+    /// Stop (`false`) or resume (`true`) reading connection `local`.
+    Reading { local: usize, on: bool },
+    Inspect { local: usize, reply: Sender<ConnReport> },
+    Collect(Sender<Samples>),
+    /// Close every connection (RST, so no TIME_WAIT piles up) and exit the thread.
+    Shutdown,
+}
+
+/// Live progress, read by the coordinator without stopping the driver.
+#[derive(Default)]
+pub struct Counters {
+    pub joined: AtomicU64,
+    pub failed: AtomicU64,
+    /// Joined connections later closed by the server or the network.
+    pub dropped: AtomicU64,
+    pub hb_sent: AtomicU64,
+    pub hb_replies: AtomicU64,
+    /// Heartbeats not sent because the previous one had no reply yet.
+    pub hb_skipped: AtomicU64,
+    pub delivered: AtomicU64,
+    pub pushes: AtomicU64,
+    pub push_replies: AtomicU64,
+}
+
+/// Samples since the previous `Collect`.
+#[derive(Default)]
+pub struct Samples {
+    pub hb_rtt_us: Vec<u32>,
+    /// (seq, latency µs) per received timed message.
+    pub deliveries: Vec<(u32, u32)>,
+    pub join_us: Vec<u32>,
+    pub errors: HashMap<String, u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnReport {
+    pub open: bool,
+    pub joined: bool,
+    pub bytes_read: u64,
+    pub closed_by: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum State {
+    Connecting,
+    Handshaking,
+    /// Socket.IO: waiting for the Engine.IO open packet, then for `40`.
+    SioOpening,
+    Joining,
+    Joined,
+    Closed,
+}
+
+struct Conn {
+    /// `None` once closed (the fd is released at once) or if the socket could not be made.
+    stream: Option<TcpStream>,
+    state: State,
+    topic: Arc<str>,
+    accept: String,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    frag: Vec<u8>,
+    started: Instant,
+    join_ref: u64,
+    next_ref: u64,
+    hb_pending: Option<(u64, u64)>,
+    reading: bool,
+    record: bool,
+    bytes_read: u64,
+    closed_by: Option<String>,
+}
+
+pub struct Handle {
+    pub tx: Sender<Cmd>,
+    pub waker: Arc<Waker>,
+    pub counters: Arc<Counters>,
+    pub thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Handle {
+    pub fn send(&self, cmd: Cmd) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+pub fn spawn(id: usize, target: Target, max_inflight: usize) -> Handle {
+    let poll = Poll::new().expect("mio poll");
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).expect("mio waker"));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let counters = Arc::new(Counters::default());
+    let mut d = Driver::new(poll, rx, target, counters.clone(), max_inflight);
+    let thread = std::thread::Builder::new()
+        .name(format!("load-driver-{id}"))
+        .spawn(move || d.run())
+        .expect("spawn driver");
+    Handle { tx, waker, counters, thread: Some(thread) }
+}
+
+struct Driver {
+    poll: Poll,
+    rx: Receiver<Cmd>,
+    target: Target,
+    host: String,
+    c: Arc<Counters>,
+    conns: Vec<Conn>,
+    /// Specs waiting for an in-flight slot.
+    queue: VecDeque<ConnSpec>,
+    inflight: usize,
+    max_inflight: usize,
+    joined: Vec<usize>,
+    hb: Option<(Duration, Instant, u64)>,
+    samples: Samples,
+    scratch: Vec<u8>,
+    text: String,
+    rng: u64,
+    last_sweep: Instant,
+}
+
+impl Driver {
+    fn new(
+        poll: Poll,
+        rx: Receiver<Cmd>,
+        target: Target,
+        c: Arc<Counters>,
+        max_inflight: usize,
+    ) -> Driver {
+        let host = target.addr.to_string();
+        Driver {
+            poll,
+            rx,
+            target,
+            host,
+            c,
+            conns: Vec::new(),
+            queue: VecDeque::new(),
+            inflight: 0,
+            max_inflight: max_inflight.max(1),
+            joined: Vec::new(),
+            hb: None,
+            samples: Samples::default(),
+            scratch: vec![0; 64 * 1024],
+            text: String::new(),
+            rng: 0x9E37_79B9_7F4A_7C15 ^ now_ns(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(4096);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(2))) {
+                if e.kind() != ErrorKind::Interrupted {
+                    panic!("poll: {e}");
+                }
+            }
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER {
+                    continue;
+                }
+                if ev.is_writable() {
+                    self.on_writable(t.0);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.on_readable(t.0);
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                if !self.command(cmd) {
+                    self.shutdown();
+                    return;
+                }
+            }
+            self.start_queued();
+            self.heartbeats();
+            if self.last_sweep.elapsed() > Duration::from_millis(500) {
+                self.sweep_timeouts();
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Connect(specs) => self.queue.extend(specs),
+            Cmd::Heartbeat(iv) => self.hb = iv.map(|iv| (iv, Instant::now(), 0)),
+            Cmd::Push { local, seq, pad } => self.push(local, seq, pad),
+            Cmd::Reading { local, on } => {
+                if let Some(conn) = self.conns.get_mut(local) {
+                    conn.reading = on;
+                }
+                if on {
+                    self.on_readable(local);
+                }
+            }
+            Cmd::Inspect { local, reply } => {
+                let r = self.conns.get(local).map(|c| ConnReport {
+                    open: c.state != State::Closed,
+                    joined: c.state == State::Joined,
+                    bytes_read: c.bytes_read,
+                    closed_by: c.closed_by.clone(),
+                });
+                let _ = reply.send(r.unwrap_or(ConnReport {
+                    open: false,
+                    joined: false,
+                    bytes_read: 0,
+                    closed_by: Some("no such connection".into()),
+                }));
+            }
+            Cmd::Collect(reply) => {
+                let _ = reply.send(std::mem::take(&mut self.samples));
+            }
+            Cmd::Shutdown => return false,
+        }
+        true
+    }
+
+    fn shutdown(&mut self) {
+        for c in self.conns.drain(..) {
+            if let Some(s) = &c.stream {
+                let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+            }
+        }
+    }
+
+    fn error(&mut self, what: impl Into<String>) {
+        *self.samples.errors.entry(what.into()).or_default() += 1;
+    }
+
+    fn start_queued(&mut self) {
+        while self.inflight < self.max_inflight {
+            let Some(spec) = self.queue.pop_front() else { return };
+            match self.open(&spec) {
+                Ok(conn) => {
+                    let local = self.conns.len();
+                    self.conns.push(conn);
+                    let stream = self.conns[local].stream.as_mut().expect("new stream");
+                    let reg = self.poll.registry().register(
+                        stream,
+                        Token(local),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    self.inflight += 1;
+                    if let Err(e) = reg {
+                        self.close(local, format!("register: {e}"));
+                    }
+                }
+                Err(e) => {
+                    self.c.failed.fetch_add(1, Relaxed);
+                    self.error(format!("connect: {e}"));
+                    // Keep the slot numbering aligned with the coordinator's view.
+                    let mut c = self.new_conn(None, &spec);
+                    c.state = State::Closed;
+                    c.closed_by = Some(format!("connect: {e}"));
+                    self.conns.push(c);
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, spec: &ConnSpec) -> std::io::Result<Conn> {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::for_address(self.target.addr), Type::STREAM, None)?;
+        sock.set_nonblocking(true)?;
+        sock.set_tcp_nodelay(true)?;
+        if spec.small_rcvbuf {
+            sock.set_recv_buffer_size(4096)?;
+        }
+        match sock.connect(&self.target.addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        let stream = TcpStream::from_std(sock.into());
+        Ok(self.new_conn(Some(stream), spec))
+    }
+
+    fn new_conn(&mut self, stream: Option<TcpStream>, spec: &ConnSpec) -> Conn {
+        Conn {
+            stream,
+            state: State::Connecting,
+            topic: spec.topic.clone(),
+            accept: String::new(),
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            frag: Vec::new(),
+            started: Instant::now(),
+            join_ref: 0,
+            next_ref: 1,
+            hb_pending: None,
+            reading: true,
+            record: spec.record,
+            bytes_read: 0,
+            closed_by: None,
+        }
+    }
+
+    fn mask(&mut self) -> [u8; 4] {
+        // xorshift64: masks need not be unpredictable for a load generator on loopback.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng as u32).to_le_bytes()
+    }
+
+    /// Frames `self.text` as one text message on connection `local` and writes it.
+    fn send_text(&mut self, local: usize) {
+        let mask = self.mask();
+        let c = &mut self.conns[local];
+        wire::encode_frame(&mut c.wbuf, wire::OP_TEXT, self.text.as_bytes(), mask);
+        self.flush(local);
+    }
+
+    fn send_frame(&mut self, local: usize, opcode: u8, payload: &[u8]) {
+        let mask = self.mask();
+        let c = &mut self.conns[local];
+        wire::encode_frame(&mut c.wbuf, opcode, payload, mask);
+        self.flush(local);
+    }
+
+    fn flush(&mut self, local: usize) {
+        let c = &mut self.conns[local];
+        if c.state == State::Connecting {
+            return;
+        }
+        let Some(stream) = c.stream.as_mut() else { return };
+        let mut written = 0;
+        while written < c.wbuf.len() {
+            match stream.write(&c.wbuf[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    c.wbuf.drain(..written);
+                    self.close(local, format!("write: {}", e.kind()));
+                    return;
+                }
+            }
+        }
+        c.wbuf.drain(..written);
+    }
+
+    fn on_writable(&mut self, local: usize) {
+        let Some(c) = self.conns.get_mut(local) else { return };
+        let Some(stream) = c.stream.as_mut() else { return };
+        if c.state == State::Connecting {
+            match stream.peer_addr() {
+                Ok(_) => {
+                    let path = self.target.path.clone();
+                    let (req, accept) = wire::handshake_request(&self.host, &path);
+                    c.accept = accept;
+                    c.wbuf.extend_from_slice(&req);
+                    c.state = State::Handshaking;
+                }
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    let err = stream.take_error().ok().flatten();
+                    if let Some(err) = err {
+                        self.close(local, format!("connect: {}", err.kind()));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.close(local, format!("connect: {}", e.kind()));
+                    return;
+                }
+            }
+        }
+        self.flush(local);
+    }
+
+    fn on_readable(&mut self, local: usize) {
+        let Some(c) = self.conns.get_mut(local) else { return };
+        let Some(stream) = c.stream.as_mut() else { return };
+        if c.state == State::Connecting {
+            if let Ok(Some(err)) = stream.take_error() {
+                self.close(local, format!("connect: {}", err.kind()));
+            }
+            return;
+        }
+        if !c.reading {
+            return;
+        }
+        let mut closed = None;
+        loop {
+            match stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    closed = Some("eof".to_string());
+                    break;
+                }
+                Ok(n) => {
+                    c.bytes_read += n as u64;
+                    c.rbuf.extend_from_slice(&self.scratch[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    closed = Some(format!("read: {}", e.kind()));
+                    break;
+                }
+            }
+        }
+        self.process(local);
+        if let Some(why) = closed {
+            self.close(local, why);
+        }
+    }
+
+    fn process(&mut self, local: usize) {
+        if self.conns[local].state == State::Handshaking {
+            let c = &mut self.conns[local];
+            match wire::parse_handshake_reply(&c.rbuf, &c.accept) {
+                HandshakeReply::Partial => return,
+                HandshakeReply::Refused(why) => return self.close(local, format!("upgrade: {why}")),
+                HandshakeReply::Accepted(n) => {
+                    c.rbuf.drain(..n);
+                    c.accept = String::new();
+                    match self.target.proto {
+                        Proto::Phoenix => self.send_join(local),
+                        Proto::SocketIo => self.conns[local].state = State::SioOpening,
+                    }
+                }
+            }
+        }
+        let mut pos = 0;
+        let rbuf = std::mem::take(&mut self.conns[local].rbuf);
+        loop {
+            if self.conns[local].state == State::Closed {
+                break;
+            }
+            let frame = match wire::decode_frame(&rbuf[pos..]) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.close(local, format!("protocol: {e}"));
+                    break;
+                }
+            };
+            let payload = &rbuf[pos + frame.payload.start..pos + frame.payload.end];
+            pos += frame.len;
+            self.on_frame(local, frame.fin, frame.opcode, payload);
+        }
+        let c = &mut self.conns[local];
+        let mut rbuf = rbuf;
+        rbuf.drain(..pos);
+        if rbuf.capacity() > 64 * 1024 && rbuf.len() < 4096 {
+            rbuf.shrink_to(4096);
+        }
+        c.rbuf = rbuf;
+    }
+
+    fn on_frame(&mut self, local: usize, fin: bool, opcode: u8, payload: &[u8]) {
+        match opcode {
+            wire::OP_PING => self.send_frame(local, wire::OP_PONG, payload),
+            wire::OP_PONG => {}
+            wire::OP_CLOSE => {
+                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                self.send_frame(local, wire::OP_CLOSE, &payload[..payload.len().min(2)]);
+                self.close(local, format!("close frame {}", code.map_or("-".into(), |c| c.to_string())));
+            }
+            wire::OP_TEXT | wire::OP_BINARY | wire::OP_CONT => {
+                if fin && self.conns[local].frag.is_empty() {
+                    self.on_message(local, payload);
+                } else {
+                    self.conns[local].frag.extend_from_slice(payload);
+                    if fin {
+                        let whole = std::mem::take(&mut self.conns[local].frag);
+                        self.on_message(local, &whole);
+                    }
+                }
+            }
+            _ => self.close(local, format!("protocol: opcode {opcode}")),
+        }
+    }
+
+    fn on_message(&mut self, local: usize, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return self.error("non-utf8 message");
+        };
+        let parsed = match self.target.proto {
+            Proto::Phoenix => wire::parse_phoenix(text),
+            Proto::SocketIo => wire::parse_socketio(text),
+        };
+        match parsed {
+            Some(msg) => self.on_incoming(local, msg),
+            None => self.error("unparsed message"),
+        }
+    }
+
+    fn on_incoming(&mut self, local: usize, msg: Incoming<'_>) {
+        let now = now_ns();
+        match msg.kind {
+            Kind::EioOpen => {
+                self.text.clear();
+                self.text.push_str("40");
+                self.send_text(local);
+            }
+            Kind::SioConnected => self.send_join(local),
+            Kind::EioPing => {
+                self.text.clear();
+                self.text.push('3');
+                self.send_text(local);
+            }
+            Kind::Reply => self.on_reply(local, msg, now),
+            Kind::Push => {
+                let c = &self.conns[local];
+                let Some((seq, ts)) = msg.stamp.as_deref().and_then(wire::parse_stamp) else {
+                    if msg.event == "phx_error" || msg.event == "phx_close" {
+                        self.error(format!("server sent {}", msg.event));
+                    }
+                    return;
+                };
+                if c.record {
+                    let lat = (now.saturating_sub(ts) / 1000).min(u32::MAX as u64) as u32;
+                    self.samples.deliveries.push((seq as u32, lat));
+                    self.c.delivered.fetch_add(1, Relaxed);
+                }
+            }
+            Kind::Other => {}
+        }
+    }
+
+    fn on_reply(&mut self, local: usize, msg: Incoming<'_>, now: u64) {
+        let c = &mut self.conns[local];
+        let ok = msg.status.as_deref() == Some("ok");
+        if c.state == State::Joining && msg.reference == Some(c.join_ref) {
+            if !ok {
+                return self.close(local, format!("join refused: {:?}", msg.status));
+            }
+            c.state = State::Joined;
+            let us = c.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            self.samples.join_us.push(us);
+            self.inflight -= 1;
+            self.joined.push(local);
+            self.c.joined.fetch_add(1, Relaxed);
+            return;
+        }
+        if let Some((r, sent)) = c.hb_pending {
+            if msg.reference == Some(r) {
+                c.hb_pending = None;
+                let us = (now.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32;
+                self.samples.hb_rtt_us.push(us);
+                self.c.hb_replies.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        self.c.push_replies.fetch_add(1, Relaxed);
+    }
+
+    fn send_join(&mut self, local: usize) {
+        let c = &mut self.conns[local];
+        c.join_ref = c.next_ref;
+        c.next_ref += 1;
+        c.state = State::Joining;
+        let topic = c.topic.clone();
+        wire::out::join(self.target.proto, &mut self.text, c.join_ref, &topic);
+        self.send_text(local);
+    }
+
+    fn push(&mut self, local: usize, seq: u64, pad: usize) {
+        let Some(c) = self.conns.get_mut(local) else { return };
+        if c.state != State::Joined {
+            return self.error("push on a connection that is not joined");
+        }
+        let reference = c.next_ref;
+        c.next_ref += 1;
+        let topic = c.topic.clone();
+        let body = wire::stamp_body(seq, now_ns(), pad);
+        wire::out::new_msg(self.target.proto, &mut self.text, c.join_ref, reference, &topic, &body);
+        self.c.pushes.fetch_add(1, Relaxed);
+        self.send_text(local);
+    }
+
+    fn heartbeats(&mut self) {
+        let Some((interval, start, mut slots)) = self.hb else { return };
+        let n = self.joined.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let target = (start.elapsed().as_nanos() * n as u128 / interval.as_nanos().max(1)) as u64;
+        if target > slots + n {
+            slots = target - n; // we fell behind by a whole round: don't burst
+        }
+        while slots < target {
+            let local = self.joined[(slots % n) as usize];
+            slots += 1;
+            let c = &mut self.conns[local];
+            if c.state != State::Joined || !c.reading {
+                continue;
+            }
+            if c.hb_pending.is_some() {
+                self.c.hb_skipped.fetch_add(1, Relaxed);
+                continue;
+            }
+            let r = c.next_ref;
+            c.next_ref += 1;
+            c.hb_pending = Some((r, now_ns()));
+            wire::out::heartbeat(self.target.proto, &mut self.text, r);
+            self.c.hb_sent.fetch_add(1, Relaxed);
+            self.send_text(local);
+        }
+        self.hb = Some((interval, start, slots));
+    }
+
+    fn sweep_timeouts(&mut self) {
+        self.last_sweep = Instant::now();
+        if self.inflight == 0 {
+            return;
+        }
+        let late: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| {
+                let c = &self.conns[i];
+                !matches!(c.state, State::Joined | State::Closed) && c.started.elapsed() > JOIN_TIMEOUT
+            })
+            .collect();
+        for i in late {
+            self.close(i, format!("not joined after {}s", JOIN_TIMEOUT.as_secs()));
+        }
+    }
+
+    fn close(&mut self, local: usize, why: String) {
+        let c = &mut self.conns[local];
+        match c.state {
+            State::Closed => return,
+            State::Joined => {
+                self.c.dropped.fetch_add(1, Relaxed);
+                *self.samples.errors.entry(format!("dropped: {why}")).or_default() += 1;
+            }
+            _ => {
+                // Not yet joined: counts as a failure.
+                self.inflight -= 1;
+                self.c.failed.fetch_add(1, Relaxed);
+                *self.samples.errors.entry(why.clone()).or_default() += 1;
+            }
+        }
+        c.state = State::Closed;
+        c.closed_by = Some(why);
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+        c.rbuf = Vec::new();
+        c.wbuf = Vec::new();
+    }
+}

@@ -1,0 +1,207 @@
+//! Command-line options (hand-parsed: a dozen flags do not need a parser crate).
+
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+usage: cargo bench --bench load -- <scenario> [options]
+
+scenarios:
+  scaling     ramp joined connections through --steps; connect+join rate, server threads,
+              RSS/conn, system memory/conn, heartbeat RTT p50/p99 per step; --hold the top step
+  fanout      one broadcast to N subscribers (--sizes), --rounds rounds: delivery latency, lost
+  sustained   --rate broadcasts/s to --subscribers for --duration: deliveries/s, p50/p99, lost, late
+  slow        fan-out with and without one client that stops reading: eviction, others' p99
+  rest        closed-loop GET/POST/PUT /api/superheroes with --subscribers on superheroes:lobby
+              (starts the server with its own PostgreSQL; skipped with a message if that fails)
+  all         every scenario above in turn (what benches/smoke.sh runs with --smoke)
+  plot        redraw bench-results/scaling.svg from bench-results/scaling.csv
+
+options:
+  --smoke               a few hundred connections and a few rounds per scenario (CI)
+  --peer socketio       also run scaling/fanout against the Node Socket.IO peer (benches/peer)
+  --peer-only           scaling/fanout against the peer alone
+  --target URL --pid N  use a running server (ws://127.0.0.1:PORT/socket/websocket) instead
+  --http URL            its REST base URL for `rest` with --target (http://127.0.0.1:PORT)
+  --steps LIST          scaling steps (default 1000,2000,5000,10000,19000)
+  --rooms N             spread scaling connections over N room:* topics (default 1)
+  --hold SECS           hold the top scaling step this long, sampling every 30 s (default 0)
+  --hb-interval SECS    heartbeat period per connection in measurement windows (default 5)
+  --window SECS         heartbeat measurement window per step (default 10)
+  --sizes LIST          fanout subscriber counts (default 1000,10000,19000)
+  --rounds N            fanout rounds per size (default 50)
+  --subscribers N       sustained/slow/rest subscribers (defaults 10000/200/1000)
+  --rate N              broadcasts per second (sustained: default 10; slow: 100)
+  --duration SECS       sustained/slow-phase/rest duration (defaults 30/20/20)
+  --pad BYTES           extra bytes in each broadcast body (default 0; slow: 1024)
+  --rest-clients N      rest: concurrent HTTP clients (default 8)
+  --client-threads N    generator event-loop threads (default 2)
+  --inflight N          connections being opened at once, in all (default 256)
+  --out DIR             results directory (default bench-results)
+  --deadline SECS       hard stop for the whole run (default: computed from the scenario)
+";
+
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub scenario: String,
+    pub help: bool,
+    pub smoke: bool,
+    pub peer: bool,
+    pub peer_only: bool,
+    pub target: Option<String>,
+    pub pid: Option<u32>,
+    pub http: Option<String>,
+    pub steps: Vec<usize>,
+    pub rooms: usize,
+    pub hold: Duration,
+    pub hb_interval: Duration,
+    pub window: Duration,
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    pub subscribers: Option<usize>,
+    pub rate: Option<f64>,
+    pub duration: Option<Duration>,
+    pub pad: Option<usize>,
+    pub rest_clients: usize,
+    pub client_threads: usize,
+    pub inflight: usize,
+    pub out: String,
+    pub deadline: Option<Duration>,
+}
+
+impl Opts {
+    pub fn parse(args: impl Iterator<Item = String>) -> Result<Opts, String> {
+        let mut o = Opts {
+            scenario: String::new(),
+            help: false,
+            smoke: false,
+            peer: false,
+            peer_only: false,
+            target: None,
+            pid: None,
+            http: None,
+            steps: vec![1000, 2000, 5000, 10000, 19000],
+            rooms: 1,
+            hold: Duration::ZERO,
+            hb_interval: Duration::from_secs(5),
+            window: Duration::from_secs(10),
+            sizes: vec![1000, 10000, 19000],
+            rounds: 50,
+            subscribers: None,
+            rate: None,
+            duration: None,
+            pad: None,
+            rest_clients: 8,
+            client_threads: 2,
+            inflight: 256,
+            out: "bench-results".into(),
+            deadline: None,
+        };
+        let mut args = args.peekable();
+        while let Some(a) = args.next() {
+            let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+            match a.as_str() {
+                // `cargo bench` passes --bench to harness = false targets.
+                "--bench" => {}
+                "-h" | "--help" => o.help = true,
+                "--smoke" => o.smoke = true,
+                "--peer" => match val("--peer")?.as_str() {
+                    "socketio" => o.peer = true,
+                    other => return Err(format!("unknown peer {other:?} (only socketio)")),
+                },
+                "--peer-only" => {
+                    o.peer = true;
+                    o.peer_only = true;
+                }
+                "--target" => o.target = Some(val(&a)?),
+                "--pid" => o.pid = Some(num(&val(&a)?)?),
+                "--http" => o.http = Some(val(&a)?),
+                "--steps" => o.steps = list(&val(&a)?)?,
+                "--rooms" => o.rooms = num(&val(&a)?)?,
+                "--hold" => o.hold = secs(&val(&a)?)?,
+                "--hb-interval" => o.hb_interval = secs(&val(&a)?)?,
+                "--window" => o.window = secs(&val(&a)?)?,
+                "--sizes" => o.sizes = list(&val(&a)?)?,
+                "--rounds" => o.rounds = num(&val(&a)?)?,
+                "--subscribers" => o.subscribers = Some(num(&val(&a)?)?),
+                "--rate" => o.rate = Some(num(&val(&a)?)?),
+                "--duration" => o.duration = Some(secs(&val(&a)?)?),
+                "--pad" => o.pad = Some(num(&val(&a)?)?),
+                "--rest-clients" => o.rest_clients = num(&val(&a)?)?,
+                "--client-threads" => o.client_threads = num(&val(&a)?)?,
+                "--inflight" => o.inflight = num(&val(&a)?)?,
+                "--out" => o.out = val(&a)?,
+                "--deadline" => o.deadline = Some(secs(&val(&a)?)?),
+                s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+                s if o.scenario.is_empty() => o.scenario = s.to_string(),
+                s => return Err(format!("unexpected argument {s}")),
+            }
+        }
+        if o.help {
+            return Ok(o);
+        }
+        if o.scenario.is_empty() {
+            return Err("no scenario given".into());
+        }
+        if o.target.is_some() != o.pid.is_some() {
+            return Err("--target and --pid go together".into());
+        }
+        if o.smoke {
+            o.apply_smoke();
+        }
+        o.rooms = o.rooms.max(1);
+        o.client_threads = o.client_threads.max(1);
+        Ok(o)
+    }
+
+    fn apply_smoke(&mut self) {
+        self.steps = vec![100, 300];
+        self.sizes = vec![100, 300];
+        self.rounds = 3;
+        self.window = Duration::from_secs(1);
+        self.hb_interval = Duration::from_secs(1);
+        self.hold = self.hold.min(Duration::from_secs(2));
+        self.subscribers.get_or_insert(200);
+        self.duration.get_or_insert(Duration::from_secs(2));
+        self.rest_clients = self.rest_clients.min(2);
+    }
+
+    /// Hard stop for the whole process: generous, but bounded.
+    pub fn deadline(&self) -> Duration {
+        if let Some(d) = self.deadline {
+            return d;
+        }
+        let peer = if self.peer { 2 } else { 1 };
+        let one = |s: &str| -> u64 {
+            if self.smoke {
+                return 120;
+            }
+            match s {
+                "scaling" => 600 + self.hold.as_secs() + 60 * self.steps.len() as u64,
+                "fanout" => 300 + 120 * self.sizes.len() as u64,
+                "sustained" => 300 + 2 * self.duration.map_or(30, |d| d.as_secs()),
+                "slow" => 300 + 4 * self.duration.map_or(20, |d| d.as_secs()),
+                "rest" => 400 + 2 * self.duration.map_or(20, |d| d.as_secs()),
+                _ => 120,
+            }
+        };
+        let total = match self.scenario.as_str() {
+            "all" => ["scaling", "fanout", "sustained", "slow", "rest"].iter().map(|s| one(s)).sum(),
+            s => one(s),
+        };
+        Duration::from_secs(total * peer)
+    }
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim().parse().map_err(|_| format!("not a number: {s:?}"))
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    num::<f64>(s).map(Duration::from_secs_f64)
+}
+
+fn list(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',').filter(|p| !p.is_empty()).map(|p| num(p.trim_end_matches(['k', 'K'])).map(|n: usize| {
+        if p.ends_with(['k', 'K']) { n * 1000 } else { n }
+    })).collect()
+}

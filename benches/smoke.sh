@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Smoke run of every load scenario (CI): a few hundred connections and a few rounds each,
+# against phx-threads and, when node is installed, the Socket.IO peer too. Checks only that
+# every scenario ran and reported (its CSV has a data row; `rest` may report SKIPPED when the
+# server cannot start its own PostgreSQL), never the numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=bench-results/smoke
+rm -rf "$out"
+peer=()
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  peer=(--peer socketio)
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+start=$(date +%s)
+status=0
+cargo bench --locked --bench load -- all --smoke "${peer[@]}" --out "$out" 2>&1 | tee "$log" || status=$?
+echo "smoke: scenarios took $(( $(date +%s) - start )) s (including the build)"
+
+fail=0
+check() { # file, minimum data rows
+  local rows
+  rows=$(( $(wc -l < "$1" 2>/dev/null || echo 0) - 1 ))
+  if [ "$rows" -lt "$2" ]; then
+    echo "smoke: FAIL: $1 has $rows data rows, want >= $2"
+    fail=1
+  fi
+}
+servers=1
+[ ${#peer[@]} -gt 0 ] && servers=2
+check "$out/scaling.csv" $((2 * servers))
+check "$out/fanout.csv" $((2 * servers))
+check "$out/sustained.csv" 1
+check "$out/slow.csv" 2
+if ! grep -q '^rest: SKIPPED' "$log"; then
+  check "$out/rest.csv" 4
+fi
+[ -s "$out/scaling.svg" ] || { echo "smoke: FAIL: no $out/scaling.svg"; fail=1; }
+if pgrep -f "target/release/phx-threads serve" >/dev/null || pgrep -f "benches/peer/server.js" >/dev/null; then
+  echo "smoke: FAIL: a server outlived the bench"
+  fail=1
+fi
+if [ "$status" -ne 0 ] || [ "$fail" -ne 0 ]; then
+  echo "smoke: FAILED (bench exit $status)"
+  exit 1
+fi
+echo "smoke: 5 passed, 0 failed"
