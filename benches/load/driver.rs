@@ -48,10 +48,20 @@ pub enum Cmd {
     /// Every joined connection sends a heartbeat each `interval` (staggered); `None` stops.
     Heartbeat(Option<Duration>),
     /// Send a `new_msg` whose body carries `seq` and the send time, from connection `local`.
-    Push { local: usize, seq: u64, pad: usize },
+    Push {
+        local: usize,
+        seq: u64,
+        pad: usize,
+    },
     /// Stop (`false`) or resume (`true`) reading connection `local`.
-    Reading { local: usize, on: bool },
-    Inspect { local: usize, reply: Sender<ConnReport> },
+    Reading {
+        local: usize,
+        on: bool,
+    },
+    Inspect {
+        local: usize,
+        reply: Sender<ConnReport>,
+    },
     Collect(Sender<Samples>),
     /// Close every connection (RST, so no TIME_WAIT piles up) and exit the thread.
     Shutdown,
@@ -463,7 +473,9 @@ impl Driver {
             let c = &mut self.conns[local];
             match wire::parse_handshake_reply(&c.rbuf, &c.accept) {
                 HandshakeReply::Partial => return,
-                HandshakeReply::Refused(why) => return self.close(local, format!("upgrade: {why}")),
+                HandshakeReply::Refused(why) => {
+                    return self.close(local, format!("upgrade: {why}"));
+                }
                 HandshakeReply::Accepted(n) => {
                     c.rbuf.drain(..n);
                     c.accept = String::new();
@@ -506,9 +518,13 @@ impl Driver {
             wire::OP_PING => self.send_frame(local, wire::OP_PONG, payload),
             wire::OP_PONG => {}
             wire::OP_CLOSE => {
-                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                 self.send_frame(local, wire::OP_CLOSE, &payload[..payload.len().min(2)]);
-                self.close(local, format!("close frame {}", code.map_or("-".into(), |c| c.to_string())));
+                self.close(
+                    local,
+                    format!("close frame {}", code.map_or("-".into(), |c| c.to_string())),
+                );
             }
             wire::OP_TEXT | wire::OP_BINARY | wire::OP_CONT => {
                 if fin && self.conns[local].frag.is_empty() {
@@ -662,7 +678,8 @@ impl Driver {
         let late: Vec<usize> = (0..self.conns.len())
             .filter(|&i| {
                 let c = &self.conns[i];
-                !matches!(c.state, State::Joined | State::Closed) && c.started.elapsed() > JOIN_TIMEOUT
+                !matches!(c.state, State::Joined | State::Closed)
+                    && c.started.elapsed() > JOIN_TIMEOUT
             })
             .collect();
         for i in late {

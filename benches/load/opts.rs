@@ -185,7 +185,9 @@ impl Opts {
             }
         };
         let total = match self.scenario.as_str() {
-            "all" => ["scaling", "fanout", "sustained", "slow", "rest"].iter().map(|s| one(s)).sum(),
+            "all" => {
+                ["scaling", "fanout", "sustained", "slow", "rest"].iter().map(|s| one(s)).sum()
+            }
             s => one(s),
         };
         Duration::from_secs(total * peer)
@@ -201,7 +203,11 @@ fn secs(s: &str) -> Result<Duration, String> {
 }
 
 fn list(s: &str) -> Result<Vec<usize>, String> {
-    s.split(',').filter(|p| !p.is_empty()).map(|p| num(p.trim_end_matches(['k', 'K'])).map(|n: usize| {
-        if p.ends_with(['k', 'K']) { n * 1000 } else { n }
-    })).collect()
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            num(p.trim_end_matches(['k', 'K']))
+                .map(|n: usize| if p.ends_with(['k', 'K']) { n * 1000 } else { n })
+        })
+        .collect()
 }

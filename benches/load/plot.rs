@@ -9,14 +9,18 @@ type Series = Vec<(String, Vec<(f64, f64)>)>;
 
 pub fn scaling(out: &str) -> Result<(), String> {
     let csv = Path::new(out).join("scaling.csv");
-    let (headers, rows) = crate::report::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
-    let col = |name: &str| headers.iter().position(|h| h == name).ok_or(format!("no column {name}"));
+    let (headers, rows) =
+        crate::report::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+    let col =
+        |name: &str| headers.iter().position(|h| h == name).ok_or(format!("no column {name}"));
     let (server, conns) = (col("server")?, col("joined")?);
     let series = |metric: &str| -> Result<Series, String> {
         let m = col(metric)?;
         let mut by: Series = Vec::new();
         for r in &rows {
-            let (Some(x), Some(y)) = (r.get(conns).and_then(|v| v.parse().ok()), r.get(m).and_then(|v| v.parse().ok())) else {
+            let (Some(x), Some(y)) =
+                (r.get(conns).and_then(|v| v.parse().ok()), r.get(m).and_then(|v| v.parse().ok()))
+            else {
                 continue;
             };
             match by.iter_mut().find(|(s, _)| *s == r[server]) {
@@ -64,7 +68,9 @@ fn draw_panel(
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;

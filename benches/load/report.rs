@@ -18,12 +18,19 @@ pub fn lat(us: &mut [u32]) -> Lat {
         return Lat::default();
     }
     us.sort_unstable();
-    let at = |q: f64| us[((us.len() as f64 * q).ceil() as usize).clamp(1, us.len()) - 1] as f64 / 1e3;
+    let at =
+        |q: f64| us[((us.len() as f64 * q).ceil() as usize).clamp(1, us.len()) - 1] as f64 / 1e3;
     Lat { n: us.len(), p50: at(0.50), p99: at(0.99), max: *us.last().unwrap() as f64 / 1e3 }
 }
 
 pub fn ms(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// A table printed to stdout and written as CSV.
@@ -57,7 +64,10 @@ impl Table {
             println!("| {} |", parts.join(" | "));
         };
         line(self.headers.clone());
-        println!("|{}|", w.iter().map(|n| format!("{}:", "-".repeat(n + 1))).collect::<Vec<_>>().join("|"));
+        println!(
+            "|{}|",
+            w.iter().map(|n| format!("{}:", "-".repeat(n + 1))).collect::<Vec<_>>().join("|")
+        );
         for r in &self.rows {
             line(r.iter().map(String::as_str).collect());
         }
@@ -80,7 +90,11 @@ impl Table {
 }
 
 fn csv_cell(c: &str) -> String {
-    if c.contains([',', '"', '\n']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.to_string() }
+    if c.contains([',', '"', '\n']) {
+        format!("\"{}\"", c.replace('"', "\"\""))
+    } else {
+        c.to_string()
+    }
 }
 
 /// Reads a CSV written by `write_csv` (no quoted commas in numeric tables).
@@ -94,5 +108,9 @@ pub fn read_csv(path: &Path) -> std::io::Result<(Vec<String>, Vec<Vec<String>>)>
 
 /// `a / b` as "1.23x", or "-" when either side is missing.
 pub fn ratio(a: f64, b: f64) -> String {
-    if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}x", a / b) } else { "-".into() }
+    if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".into()
+    }
 }

@@ -187,7 +187,8 @@ fn with_vsn(path: &str) -> String {
 fn parse_ws_url(url: &str) -> Result<(SocketAddr, String), String> {
     let rest = url.strip_prefix("ws://").ok_or("--target must be a ws:// URL")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let addr: SocketAddr = host.parse().map_err(|_| format!("--target host {host:?}: use IP:PORT"))?;
+    let addr: SocketAddr =
+        host.parse().map_err(|_| format!("--target host {host:?}: use IP:PORT"))?;
     if !addr.ip().is_loopback() {
         return Err("--target must be a loopback address".into());
     }
@@ -197,7 +198,8 @@ fn parse_ws_url(url: &str) -> Result<(SocketAddr, String), String> {
 fn parse_http_url(url: &str) -> Result<SocketAddr, String> {
     let rest = url.strip_prefix("http://").ok_or("--http must be an http:// URL")?;
     let host = rest.split('/').next().unwrap_or("");
-    let addr: SocketAddr = host.parse().map_err(|_| format!("--http host {host:?}: use IP:PORT"))?;
+    let addr: SocketAddr =
+        host.parse().map_err(|_| format!("--http host {host:?}: use IP:PORT"))?;
     if !addr.ip().is_loopback() {
         return Err("--http must be a loopback address".into());
     }
@@ -245,7 +247,8 @@ fn spawn_and_wait(
 ) -> Result<(Child, String), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{out}: {e}"))?;
     let log_path = Path::new(out).join(format!("{log_name}.log"));
-    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
     let mut child = cmd.spawn().map_err(|e| format!("spawn {:?}: {e}", cmd.get_program()))?;
     CHILDREN.lock().unwrap().push(child.id());
@@ -338,7 +341,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> Result<TempDir, String> {
-        let p = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), crate::now_ns()));
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            crate::now_ns()
+        ));
         std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         Ok(TempDir(p))
     }
@@ -485,7 +492,12 @@ fn count_threads() -> u64 {
         .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
         .filter_map(|e| {
             let s = std::fs::read_to_string(e.path().join("status")).ok()?;
-            s.lines().find(|l| l.starts_with("Threads:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
         })
         .sum()
 }
@@ -509,7 +521,8 @@ fn cgroup_pids_max() -> Option<u64> {
 
 /// The OS limits that bound the server's thread count, for the report.
 pub fn limits_summary() -> Vec<(String, String)> {
-    let f = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or("?".into());
+    let f =
+        |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or("?".into());
     let nproc = rlimit::getrlimit(rlimit::Resource::NPROC)
         .map(|(s, h)| format!("{s} / {h}"))
         .unwrap_or("?".into());

@@ -127,7 +127,12 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame>, &'static str> {
     if buf.len() < hdr + len {
         return Ok(None);
     }
-    Ok(Some(Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, payload: hdr..hdr + len, len: hdr + len }))
+    Ok(Some(Frame {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0f,
+        payload: hdr..hdr + len,
+        len: hdr + len,
+    }))
 }
 
 /// The fields of a received message the generator cares about, for both protocols.

@@ -11,8 +11,17 @@ use crate::report::{Table, lat, ms, ratio};
 use crate::target::{self, Kind};
 
 const HEADERS: &[&str] = &[
-    "server", "subscribers", "rounds", "receipts", "lost", "p50_ms", "p99_ms", "max_ms",
-    "round_p50_ms", "round_max_ms", "server_cpu_s",
+    "server",
+    "subscribers",
+    "rounds",
+    "receipts",
+    "lost",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "round_p50_ms",
+    "round_max_ms",
+    "server_cpu_s",
 ];
 
 pub fn run(opts: &Opts) -> Res {
@@ -27,11 +36,17 @@ pub fn run(opts: &Opts) -> Res {
     table.print();
     table.write_csv(&opts.out, "fanout").map_err(|e| e.to_string())?;
     if opts.peer {
-        let mut t = Table::new("fanout: phx-threads / socketio latency", &["subscribers", "p50", "p99", "max"]);
+        let mut t = Table::new(
+            "fanout: phx-threads / socketio latency",
+            &["subscribers", "p50", "p99", "max"],
+        );
         for r in table.rows.iter().filter(|r| r[0] == "phx-threads") {
             let peer = table.rows.iter().find(|p| p[0] == "socketio" && p[1] == r[1]);
             let f = |i: usize| {
-                ratio(r[i].parse().unwrap_or(f64::NAN), peer.and_then(|p| p[i].parse().ok()).unwrap_or(f64::NAN))
+                ratio(
+                    r[i].parse().unwrap_or(f64::NAN),
+                    peer.and_then(|p| p[i].parse().ok()).unwrap_or(f64::NAN),
+                )
             };
             t.row(vec![r[1].clone(), f(5), f(6), f(7)]);
         }
@@ -93,7 +108,15 @@ pub struct Rounds {
 
 /// `count` broadcasts, one at a time, each sent by a different one of the first `senders`
 /// connections and awaited (up to a timeout) at all `subs` subscribers before the next.
-pub fn rounds(fleet: &Fleet, subs: usize, senders: usize, seq: &mut u64, count: usize, pad: usize, smoke: bool) -> Rounds {
+pub fn rounds(
+    fleet: &Fleet,
+    subs: usize,
+    senders: usize,
+    seq: &mut u64,
+    count: usize,
+    pad: usize,
+    smoke: bool,
+) -> Rounds {
     fleet.collect();
     let mut want = fleet.totals().delivered;
     let first = *seq;
@@ -104,7 +127,11 @@ pub fn rounds(fleet: &Fleet, subs: usize, senders: usize, seq: &mut u64, count: 
         want += subs as u64;
         let got = fleet.wait_delivered(want, timeout);
         if got < want {
-            println!("  round {r}: {} of {subs} receipts after {} s", subs as u64 - (want - got), timeout.as_secs());
+            println!(
+                "  round {r}: {} of {subs} receipts after {} s",
+                subs as u64 - (want - got),
+                timeout.as_secs()
+            );
             want = got;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -130,5 +157,10 @@ pub fn summarize(deliveries: &[(u32, u32)], first: u64, end: u64, subs: usize) -
     let expected = (end - first) * subs as u64;
     let receipts = us.len() as u64;
     let mut round: Vec<u32> = last.into_values().collect();
-    Rounds { receipts, lost: expected.saturating_sub(receipts), lat: lat(&mut us), round: lat(&mut round) }
+    Rounds {
+        receipts,
+        lost: expected.saturating_sub(receipts),
+        lat: lat(&mut us),
+        round: lat(&mut round),
+    }
 }

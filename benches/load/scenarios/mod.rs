@@ -113,5 +113,9 @@ pub fn ramp_timeout(conns: usize) -> Duration {
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
 
 pub fn check_alive(server: &mut Server) -> Res {
-    if server.alive() { Ok(()) } else { Err(format!("{} (pid {}) exited", server.kind.name(), server.pid)) }
+    if server.alive() {
+        Ok(())
+    } else {
+        Err(format!("{} (pid {}) exited", server.kind.name(), server.pid))
+    }
 }

@@ -23,7 +23,11 @@ pub fn run(opts: &Opts) -> Res {
     let subs = opts.subscribers.unwrap_or(1000);
     let subs = super::cap(target::Kind::Phoenix, subs);
     let duration = opts.duration.unwrap_or(Duration::from_secs(20));
-    let mut server = match Server::phoenix(PhoenixStart { opts, database: true, log_name: "rest-phx-threads" }) {
+    let mut server = match Server::phoenix(PhoenixStart {
+        opts,
+        database: true,
+        log_name: "rest-phx-threads",
+    }) {
         Ok(s) => s,
         Err(e) => {
             println!("rest: SKIPPED: the server could not start with its own database: {e}");
@@ -61,10 +65,17 @@ pub fn run(opts: &Opts) -> Res {
     check_alive(&mut server)?;
 
     let mut table = Table::new(
-        format!("rest: {} closed-loop HTTP clients for {} s, {subs} lobby subscribers", opts.rest_clients, duration.as_secs()),
+        format!(
+            "rest: {} closed-loop HTTP clients for {} s, {subs} lobby subscribers",
+            opts.rest_clients,
+            duration.as_secs()
+        ),
         &["op", "requests", "errors", "req_per_s", "p50_ms", "p99_ms", "max_ms"],
     );
-    for (i, op) in ["GET /api/superheroes", "POST /api/superheroes", "PUT /api/superheroes/:id"].iter().enumerate() {
+    for (i, op) in ["GET /api/superheroes", "POST /api/superheroes", "PUT /api/superheroes/:id"]
+        .iter()
+        .enumerate()
+    {
         let mut us: Vec<u32> = results.iter().flat_map(|r| r.lat[i].iter().copied()).collect();
         let errors: u64 = results.iter().map(|r| r.errors[i]).sum();
         let n = us.len();
@@ -79,7 +90,8 @@ pub fn run(opts: &Opts) -> Res {
             ms(l.max),
         ]);
     }
-    let mut us: Vec<u32> = s.deliveries.iter().filter(|d| d.0 as u64 >= SEQ0 % (1 << 32)).map(|d| d.1).collect();
+    let mut us: Vec<u32> =
+        s.deliveries.iter().filter(|d| d.0 as u64 >= SEQ0 % (1 << 32)).map(|d| d.1).collect();
     let expected = writes * subs as u64;
     let l = lat(&mut us);
     table.row(vec![
@@ -119,7 +131,13 @@ fn load(addr: SocketAddr, clients: usize, duration: Duration) -> Vec<ClientResul
     handles.into_iter().filter_map(|h| h.join().ok()).collect()
 }
 
-fn client(addr: SocketAddr, c: usize, duration: Duration, seq: &AtomicU64, created: &AtomicU64) -> ClientResult {
+fn client(
+    addr: SocketAddr,
+    c: usize,
+    duration: Duration,
+    seq: &AtomicU64,
+    created: &AtomicU64,
+) -> ClientResult {
     let mut r = ClientResult::default();
     let mut http = Http::new(addr);
     let mut mine: Vec<String> = Vec::new();
@@ -169,7 +187,11 @@ fn client(addr: SocketAddr, c: usize, duration: Duration, seq: &AtomicU64, creat
             Ok((status, resp)) => {
                 r.errors[op] += 1;
                 if r.errors[op] <= 2 {
-                    eprintln!("rest: {} -> {status}: {}", ["GET", "POST", "PUT"][op], String::from_utf8_lossy(&resp[..resp.len().min(200)]));
+                    eprintln!(
+                        "rest: {} -> {status}: {}",
+                        ["GET", "POST", "PUT"][op],
+                        String::from_utf8_lossy(&resp[..resp.len().min(200)])
+                    );
                 }
             }
             Err(e) => {
@@ -204,7 +226,12 @@ impl Http {
         Http { addr, conn: None }
     }
 
-    fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let r = self.try_request(method, path, body);
         if r.is_err() {
             self.conn = None;
@@ -212,7 +239,12 @@ impl Http {
         r
     }
 
-    fn try_request(&mut self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         if self.conn.is_none() {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -230,7 +262,11 @@ impl Http {
         conn.get_mut().write_all(req.as_bytes())?;
         let mut line = String::new();
         conn.read_line(&mut line)?;
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(&line))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(&line))?;
         let (mut len, mut chunked, mut close) = (None, false, false);
         loop {
             line.clear();
@@ -253,7 +289,8 @@ impl Http {
             loop {
                 line.clear();
                 conn.read_line(&mut line)?;
-                let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad(&line))?;
+                let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| bad(&line))?;
                 let mut chunk = vec![0; n + 2];
                 conn.read_exact(&mut chunk)?;
                 if n == 0 {

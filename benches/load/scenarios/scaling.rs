@@ -33,7 +33,19 @@ pub fn run(opts: &Opts) -> Res {
     let mut table = Table::new("scaling: joined connections per step", HEADERS);
     let mut hold = Table::new(
         "scaling: hold at the top step (every 30 s)",
-        &["server", "t_s", "alive", "dropped", "threads", "rss_mib", "cpu_s", "hb_n", "hb_p50_ms", "hb_p99_ms", "hb_max_ms"],
+        &[
+            "server",
+            "t_s",
+            "alive",
+            "dropped",
+            "threads",
+            "rss_mib",
+            "cpu_s",
+            "hb_n",
+            "hb_p50_ms",
+            "hb_p99_ms",
+            "hb_max_ms",
+        ],
     );
     let mut result = Ok(());
     for kind in kinds(opts) {
@@ -86,7 +98,9 @@ fn run_one(kind: Kind, opts: &Opts, table: &mut Table, hold: &mut Table) -> Res 
         let me = target::self_stat();
         let (hb, t) = measure_heartbeats(&fleet, opts);
         let joined = t.joined - t.dropped;
-        let per = |kib: i64| if joined > 0 { format!("{:.1}", kib as f64 / joined as f64) } else { "-".into() };
+        let per = |kib: i64| {
+            if joined > 0 { format!("{:.1}", kib as f64 / joined as f64) } else { "-".into() }
+        };
         let sys = avail0 as i64 - avail as i64 - (me.rss_kib as i64 - me0 as i64);
         table.row(vec![
             kind.name().into(),
@@ -130,7 +144,13 @@ fn measure_heartbeats(fleet: &Fleet, opts: &Opts) -> (crate::report::Lat, crate:
     (lat(&mut s.hb_rtt_us), fleet.totals())
 }
 
-fn hold_top(kind: Kind, opts: &Opts, fleet: &Fleet, server: &mut crate::target::Server, hold: &mut Table) -> Res {
+fn hold_top(
+    kind: Kind,
+    opts: &Opts,
+    fleet: &Fleet,
+    server: &mut crate::target::Server,
+    hold: &mut Table,
+) -> Res {
     println!("{}: holding for {} s", kind.name(), opts.hold.as_secs());
     let period = if opts.smoke { Duration::from_secs(1) } else { Duration::from_secs(30) };
     fleet.collect();

@@ -28,14 +28,18 @@ pub fn run(opts: &Opts) -> Res {
     let subs = ramp.joined as usize;
     crate::pause(Duration::from_secs(1));
 
-    println!("slow: phase A, {rate}/s with {pad}-byte bodies to {subs} subscribers, no slow client");
+    println!(
+        "slow: phase A, {rate}/s with {pad}-byte bodies to {subs} subscribers, no slow client"
+    );
     let a = drive(&fleet, &server, subs, rate, duration, pad, 0);
     check_alive(&mut server)?;
 
     let slow = open_slow(&mut fleet, topic(0))?;
     fleet.reading(slow, false);
     let threads_before = target::proc_stat(server.pid).unwrap_or_default().threads;
-    println!("slow: phase B, the same with client #{slow} not reading (server threads {threads_before})");
+    println!(
+        "slow: phase B, the same with client #{slow} not reading (server threads {threads_before})"
+    );
     let seq0 = a.sent + 1_000;
     let b = drive(&fleet, &server, subs, rate, duration, pad, seq0);
     check_alive(&mut server)?;
@@ -54,10 +58,27 @@ pub fn run(opts: &Opts) -> Res {
     );
 
     let mut table = Table::new(
-        format!("slow: {rate}/s, {pad}-byte bodies, {subs} healthy subscribers, {} s per phase", duration.as_secs()),
-        &["phase", "subscribers", "sent", "delivered", "lost", "late_1s", "p50_ms", "p99_ms", "max_ms", "slow_evicted", "slow_closed_by", "p99_change_pct"],
+        format!(
+            "slow: {rate}/s, {pad}-byte bodies, {subs} healthy subscribers, {} s per phase",
+            duration.as_secs()
+        ),
+        &[
+            "phase",
+            "subscribers",
+            "sent",
+            "delivered",
+            "lost",
+            "late_1s",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "slow_evicted",
+            "slow_closed_by",
+            "p99_change_pct",
+        ],
     );
-    let change = if a.lat.p99 > 0.0 { 100.0 * (b.lat.p99 - a.lat.p99) / a.lat.p99 } else { f64::NAN };
+    let change =
+        if a.lat.p99 > 0.0 { 100.0 * (b.lat.p99 - a.lat.p99) / a.lat.p99 } else { f64::NAN };
     let row = |name: &str, d: &Drive, ev: String, by: String, ch: String| {
         vec![
             name.to_string(),

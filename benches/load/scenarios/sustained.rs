@@ -14,10 +14,25 @@ pub fn run(opts: &Opts) -> Res {
     let duration = opts.duration.unwrap_or(Duration::from_secs(30));
     let rate = opts.rate.unwrap_or(10.0);
     let mut table = Table::new(
-        format!("sustained: {rate} broadcasts/s to {subs} subscribers for {} s", duration.as_secs_f64()),
+        format!(
+            "sustained: {rate} broadcasts/s to {subs} subscribers for {} s",
+            duration.as_secs_f64()
+        ),
         &[
-            "server", "subscribers", "rate", "sent", "expected", "delivered", "deliveries_per_s",
-            "lost", "late_1s", "p50_ms", "p99_ms", "max_ms", "server_cpu_pct", "client_cpu_pct",
+            "server",
+            "subscribers",
+            "rate",
+            "sent",
+            "expected",
+            "delivered",
+            "deliveries_per_s",
+            "lost",
+            "late_1s",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "server_cpu_pct",
+            "client_cpu_pct",
         ],
     );
     let mut server = start(Kind::Phoenix, opts, "sustained-phx-threads")?;
