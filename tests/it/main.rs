@@ -16,3 +16,5 @@ mod scale;
 mod http_api;
 // The store: migrations, queries, NOTIFY events, the listener, the pool, outages.
 mod store;
+// superheroes:lobby with the database, the listener and real clients.
+mod superheroes;
