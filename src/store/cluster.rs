@@ -168,7 +168,10 @@ impl LocalCluster {
     /// # Errors
     /// If `pg_ctl` fails or times out.
     pub fn stop(&mut self) -> Result<(), Error> {
-        if !self.running {
+        // Someone else (another `LocalCluster` that adopted it, an operator) may have
+        // stopped it already.
+        if !self.running || !self.pg_ctl_status()? {
+            self.running = false;
             return Ok(());
         }
         let timeout_secs = self.options.command_timeout.as_secs().to_string();
