@@ -75,7 +75,7 @@ pub struct HttpDeps {
     pub store: Option<Store>,
 }
 
-/// The running server. Dropping it without `shutdown` leaves the workers running.
+/// The running server. `shutdown` (or drop) stops and joins the workers.
 pub struct HttpHandle {
     pub addr: SocketAddr,
     server: Arc<tiny_http::Server>,
@@ -139,7 +139,11 @@ impl HttpHandle {
     ///
     /// # Errors
     /// `ShutdownTimeout` if some worker was still busy; it is detached.
-    pub fn shutdown(self) -> Result<(), Error> {
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
         // One unblock per worker: each wakes exactly one thread blocked in `recv`.
         for _ in &self.workers {
             self.server.unblock();
@@ -148,7 +152,7 @@ impl HttpHandle {
         let all_exited =
             matches!(self.done_rx.recv_deadline(deadline), Err(RecvTimeoutError::Disconnected));
         let mut n_stuck = 0;
-        for worker in self.workers {
+        for worker in self.workers.drain(..) {
             if all_exited || worker.is_finished() {
                 let _ = worker.join();
             } else {
@@ -156,6 +160,15 @@ impl HttpHandle {
             }
         }
         if n_stuck == 0 { Ok(()) } else { Err(Error::ShutdownTimeout { n_stuck }) }
+    }
+}
+
+impl Drop for HttpHandle {
+    /// Joins the workers like `shutdown` (a no-op after it), so they never outlive the handle.
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::error!("{e}");
+        }
     }
 }
 
@@ -268,7 +281,13 @@ fn to_tiny(response: ApiResponse) -> tiny_http::Response<Box<dyn Read + Send>> {
             tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
         })
         .collect();
-    for (name, value) in [("Access-Control-Allow-Origin", "*"), ("Server", "phx-threads")] {
+    let always = [
+        ("Access-Control-Allow-Origin", "*"),
+        // Lets browser code on other origins read `Location` after a create.
+        ("Access-Control-Expose-Headers", "Location"),
+        ("Server", "phx-threads"),
+    ];
+    for (name, value) in always {
         headers.push(tiny_http::Header::from_bytes(name, value).expect("static header is valid"));
     }
     let (reader, len): (Box<dyn Read + Send>, usize) = match response.body {
