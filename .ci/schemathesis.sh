@@ -9,7 +9,7 @@
 # Environment:
 #   SCHEMATHESIS_VERSION  pip requirement (default: schemathesis==4.32.5, the version this
 #                         script was written against; newer ones add checks)
-#   MAX_EXAMPLES          examples per operation and phase (default 25)
+#   MAX_EXAMPLES          examples per operation and phase (default 100)
 #   VENV                  where to create the venv (default: target/schemathesis-venv)
 #   DATABASE_URL          use this database instead of a throwaway cluster (its
 #                         superheroes table gets written to)
@@ -19,7 +19,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-schemathesis==4.32.5}"
-MAX_EXAMPLES="${MAX_EXAMPLES:-25}"
+MAX_EXAMPLES="${MAX_EXAMPLES:-100}"
 VENV="${VENV:-$ROOT/target/schemathesis-venv}"
 WORK="$(mktemp -d /tmp/phx-schemathesis.XXXXXX)"
 # When run as root, PostgreSQL runs as the `postgres` user, which must be able to enter it.

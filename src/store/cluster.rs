@@ -146,18 +146,15 @@ impl LocalCluster {
     /// # Errors
     /// As for `start_with`.
     pub fn start_server(&mut self) -> Result<(), Error> {
-        if !self.pg_ctl_status()? {
+        if self.pg_ctl_status()? {
+            self.adopt_running()?;
+        } else {
             let settings = self.server_settings()?;
             let timeout_secs = self.options.command_timeout.as_secs().to_string();
-            let log = self.options.data_dir.join("server.log");
             let data = self.options.data_dir.to_string_lossy().into_owned();
-            let args = ["start", "-w", "-s", "-t", &timeout_secs, "-D", &data, "-l"];
-            let mut args: Vec<&str> = args.to_vec();
-            let log = log.to_string_lossy().into_owned();
-            args.extend([log.as_str(), "-o", settings.as_str()]);
-            self.pg_ctl(&args)?;
-        } else {
-            self.adopt_running()?;
+            let log = self.options.data_dir.join("server.log").to_string_lossy().into_owned();
+            let args = ["start", "-w", "-s", "-t", &timeout_secs, "-D", &data, "-l", &log];
+            self.pg_ctl(&[&args[..], &["-o", &settings]].concat())?;
         }
         self.running = true;
         self.wait_ready()
@@ -168,7 +165,10 @@ impl LocalCluster {
     /// # Errors
     /// If `pg_ctl` fails or times out.
     pub fn stop(&mut self) -> Result<(), Error> {
-        if !self.running {
+        // Someone else (another `LocalCluster` that adopted it, an operator) may have
+        // stopped it already.
+        if !self.running || !self.pg_ctl_status()? {
+            self.running = false;
             return Ok(());
         }
         let timeout_secs = self.options.command_timeout.as_secs().to_string();
@@ -378,16 +378,20 @@ fn wait_output(mut command: Command, timeout: Duration) -> Result<Output, Error>
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: first via `pg_ctl` on PATH
 /// (following symlinks), then the newest `/usr/lib/postgresql/<version>/bin`.
 fn find_bin_dir() -> Result<PathBuf, Error> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    find_bin_dir_in(&path, Path::new("/usr/lib/postgresql"))
+}
+
+fn find_bin_dir_in(path: &std::ffi::OsStr, versions_root: &Path) -> Result<PathBuf, Error> {
     let complete =
         |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
+    for dir in std::env::split_paths(path) {
         let Ok(real) = std::fs::canonicalize(dir.join("pg_ctl")) else { continue };
         if let Some(bin) = real.parent().filter(|d| complete(d)) {
             return Ok(bin.to_path_buf());
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versions_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -504,6 +508,13 @@ mod tests {
         assert!(
             matches!(config.get_hosts(), [postgres::config::Host::Unix(p)] if p == Path::new("/tmp/x"))
         );
+    }
+
+    #[test]
+    fn missing_binaries_say_what_to_install() {
+        let nowhere = Path::new("/nonexistent/phx-threads");
+        let err = find_bin_dir_in(std::ffi::OsStr::new(""), nowhere).unwrap_err();
+        assert!(err.to_string().contains("apt-get install postgresql"), "{err}");
     }
 
     #[test]

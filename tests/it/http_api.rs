@@ -194,6 +194,25 @@ fn malformed_bodies_are_400() {
     }
 }
 
+/// serde_json stops at 128 levels; below that, recursion happens on the worker's small stack.
+#[test]
+fn deeply_nested_json_is_a_400_not_a_stack_overflow() {
+    let (_db, server) = server();
+    for depth in [100, 127, 128, 5000] {
+        let body = format!(r#"{{"superhero":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let response = server.send("POST", "/api/superheroes", &body);
+        assert_eq!(response.status, 400, "depth {depth}");
+        let nested = format!(
+            r#"{{"superhero":{{"name":{}{}}}}}"#,
+            "{\"a\":".repeat(depth),
+            "}".repeat(depth)
+        );
+        let response = server.send("POST", "/api/superheroes", &nested);
+        assert!(matches!(response.status, 400 | 422), "depth {depth}: {}", response.status);
+    }
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
 #[test]
 fn unknown_paths_and_ids_are_404() {
     let (_db, server) = server();

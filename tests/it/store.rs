@@ -266,3 +266,30 @@ fn listener_shuts_down_promptly_even_while_reconnecting() {
     listener.shutdown().unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn bootstrap_migrates_and_seeds_an_empty_database() {
+    let db = TestDb::empty();
+    let unused = crate::support::TempDir::new("phx-it-unused");
+    let (store, cluster) = phx_threads::store::bootstrap(Some(&db.url), unused.path()).unwrap();
+    assert!(cluster.is_none());
+    let heroes = superheroes::list(&mut *store.client().unwrap()).unwrap();
+    assert!(heroes.iter().any(|h| h.name == "Superman"), "{heroes:?}");
+    // A second start finds everything in place.
+    let (store, _) = phx_threads::store::bootstrap(Some(&db.url), unused.path()).unwrap();
+    assert_eq!(superheroes::list(&mut *store.client().unwrap()).unwrap(), heroes);
+}
+
+/// A cluster left running (say, by a killed server) is adopted, not started twice.
+#[test]
+fn a_running_cluster_is_adopted() {
+    let mut first = crate::support::pg::private_cluster();
+    let mut options = phx_threads::store::cluster::ClusterOptions::new(first.data_dir());
+    options.fsync = false;
+    let second = phx_threads::store::cluster::LocalCluster::start_with(options).unwrap();
+    assert_eq!(second.url("postgres"), first.url("postgres"));
+    second.create_database("adopted").unwrap();
+    drop(second); // stops the server it adopted
+    first.stop().unwrap(); // notices that, instead of failing
+    assert!(!first.is_running());
+}

@@ -63,15 +63,59 @@ fn id(params: &[String]) -> Result<i64, ApiError> {
     text.parse().map_err(|_| ApiError::not_found())
 }
 
+/// Our bodies nest two levels; serde_json allows 128, and parsing recurses once per level on
+/// the worker's small stack (debug builds need over 256 KiB for 127 levels). A cheap scan
+/// bounds the recursion first.
+const MAX_JSON_DEPTH: usize = 32;
+
+/// Whether `[`/`{` nest deeper than `max` outside of strings. Malformed JSON is left to
+/// serde_json to report.
+fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') | (false, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The `superhero` object of the JSON body; anything else is a 400.
 fn superhero_attrs(request: &ApiRequest) -> Result<Map<String, Value>, ApiError> {
     if request.body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("empty body, expected {\"superhero\": {...}}"));
+    }
+    if nesting_exceeds(&request.body, MAX_JSON_DEPTH) {
+        let why = format!("JSON nested deeper than {MAX_JSON_DEPTH} levels");
+        return Err(ApiError::bad_request(why));
     }
     let body: Value = serde_json::from_slice(&request.body).map_err(ApiError::bad_request)?;
     match body.get("superhero") {
         Some(Value::Object(attrs)) => Ok(attrs.clone()),
         Some(_) => Err(ApiError::bad_request("\"superhero\" must be an object")),
         None => Err(ApiError::bad_request("missing \"superhero\" object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_exceeds;
+
+    #[test]
+    fn nesting_ignores_brackets_in_strings() {
+        assert!(!nesting_exceeds(br#"{"a":[{"b":"[[[[\"[["}]}"#, 3));
+        assert!(nesting_exceeds(br#"{"a":[{"b":[]}]}"#, 3));
+        assert!(!nesting_exceeds(br#"[[[]]]"#, 3));
+        assert!(nesting_exceeds(br#"[[[[]]]]"#, 3));
     }
 }

@@ -135,17 +135,37 @@ pub fn listening(url: &str, store: &Store) -> (ListenerHandle, Receiver<StoreEve
         location: Some("Lab".into()),
         power: Some("Listening".into()),
     };
-    // The listener may subscribe after a probe commits, so probe until one event arrives.
-    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
+    // The listener may subscribe at any moment, even between a probe's create and delete, so
+    // probe until the create of the current probe is seen, skipping stray earlier deletes.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while Instant::now() < deadline {
         let hero = superheroes::create(&mut *store.client().unwrap(), &probe).unwrap();
+        let seen = wait_for(
+            &rx,
+            Duration::from_millis(500),
+            |event| matches!(event, StoreEvent::Change { action: Action::Create, superhero } if superhero.id == hero.id),
+        );
         superheroes::delete(&mut *store.client().unwrap(), hero.id).unwrap();
-        if let Ok(event) = rx.recv_timeout(Duration::from_millis(500)) {
-            assert!(matches!(event, StoreEvent::Change { action: Action::Create, .. }));
+        if seen {
             let deleted = recv(&rx, "probe delete");
             assert!(matches!(deleted, StoreEvent::Change { action: Action::Delete, .. }));
             return (listener, rx);
         }
-        assert!(std::time::Instant::now() < deadline, "listener never started");
     }
+    panic!("listener never started");
+}
+
+/// Receives until an event satisfies `wanted` (true) or `within` passes (false).
+fn wait_for(
+    rx: &Receiver<StoreEvent>,
+    within: Duration,
+    wanted: impl Fn(&StoreEvent) -> bool,
+) -> bool {
+    let deadline = Instant::now() + within;
+    while let Ok(event) = rx.recv_deadline(deadline) {
+        if wanted(&event) {
+            return true;
+        }
+    }
+    false
 }
