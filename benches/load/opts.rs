@@ -29,10 +29,10 @@ options:
   --window SECS         heartbeat measurement window per step (default 10)
   --sizes LIST          fanout subscriber counts (default 1000,10000,19000)
   --rounds N            fanout rounds per size (default 50)
-  --subscribers N       sustained/slow/rest subscribers (defaults 10000/200/1000)
-  --rate N              broadcasts per second (sustained: default 10; slow: 100)
-  --duration SECS       sustained/slow-phase/rest duration (defaults 30/20/20)
-  --pad BYTES           extra bytes in each broadcast body (default 0; slow: 1024)
+  --subscribers N       sustained/slow/rest subscribers (defaults 10000/100/1000)
+  --rate N              broadcasts per second (sustained: default 10; slow: 200)
+  --duration SECS       sustained/slow-phase/rest duration (defaults 30/30/20)
+  --pad BYTES           extra bytes in each broadcast body (default 0; slow: 2048)
   --rest-clients N      rest: concurrent HTTP clients (default 8)
   --client-threads N    generator event-loop threads (default 2)
   --inflight N          connections being opened at once, in all (default 256)
@@ -179,7 +179,7 @@ impl Opts {
                 "scaling" => 600 + self.hold.as_secs() + 60 * self.steps.len() as u64,
                 "fanout" => 300 + 120 * self.sizes.len() as u64,
                 "sustained" => 300 + 2 * self.duration.map_or(30, |d| d.as_secs()),
-                "slow" => 300 + 4 * self.duration.map_or(20, |d| d.as_secs()),
+                "slow" => 300 + 4 * self.duration.map_or(30, |d| d.as_secs()),
                 "rest" => 400 + 2 * self.duration.map_or(20, |d| d.as_secs()),
                 _ => 120,
             }

@@ -91,7 +91,7 @@ pub fn run(opts: &Opts) -> Res {
         ]);
     }
     let mut us: Vec<u32> =
-        s.deliveries.iter().filter(|d| d.0 as u64 >= SEQ0 % (1 << 32)).map(|d| d.1).collect();
+        s.deliveries.iter().filter(|d| d.0 as u64 >= SEQ0).map(|d| d.1).collect();
     let expected = writes * subs as u64;
     let l = lat(&mut us);
     table.row(vec![

@@ -1,6 +1,11 @@
 //! `slow`: the same broadcast stream twice, first to healthy subscribers only, then with one
 //! extra subscriber that stops reading. Reports whether the server closed (evicted) the slow
 //! one, and the healthy subscribers' latency with and without it.
+//!
+//! Sizing: the server evicts when a connection's outbox holds 1,024 frames, but only after the
+//! kernel buffers between it and the client are full (the server's send buffer autotunes up to
+//! `tcp_wmem` max, 4 MiB here). At 200 broadcasts/s of ~2 KiB that is about 15 s, so each
+//! phase lasts 30 s by default.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +19,10 @@ use crate::report::{Table, ms};
 use crate::target::{self, Kind};
 
 pub fn run(opts: &Opts) -> Res {
-    let subs = cap(Kind::Phoenix, opts.subscribers.unwrap_or(200));
-    let rate = opts.rate.unwrap_or(100.0);
-    let duration = opts.duration.unwrap_or(Duration::from_secs(20));
-    let pad = opts.pad.unwrap_or(1024);
+    let subs = cap(Kind::Phoenix, opts.subscribers.unwrap_or(100));
+    let rate = opts.rate.unwrap_or(200.0);
+    let duration = opts.duration.unwrap_or(Duration::from_secs(30));
+    let pad = opts.pad.unwrap_or(2048);
     let mut server = start(Kind::Phoenix, opts, "slow-phx-threads")?;
     let mut fleet = Fleet::new(&server, opts.client_threads, opts.inflight);
     fleet.heartbeat(Some(KEEPALIVE));
