@@ -180,6 +180,28 @@ impl Fleet {
         }
     }
 
+    /// After a run: waits until `want` deliveries, or until none arrived for `quiet`, or `max`.
+    /// Deliveries still queued in the server when a run ends are late, not lost; this tells
+    /// the two apart.
+    pub fn wait_quiet(&self, want: u64, quiet: Duration, max: Duration) -> u64 {
+        let t0 = Instant::now();
+        let mut last = self.totals().delivered;
+        let mut since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let d = self.totals().delivered;
+            if d >= want || t0.elapsed() > max {
+                return d;
+            }
+            if d != last {
+                last = d;
+                since = Instant::now();
+            } else if since.elapsed() > quiet {
+                return d;
+            }
+        }
+    }
+
     /// Closes every connection and stops the driver threads.
     pub fn shutdown(mut self) {
         self.stop();

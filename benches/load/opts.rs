@@ -178,9 +178,9 @@ impl Opts {
             match s {
                 "scaling" => 600 + self.hold.as_secs() + 60 * self.steps.len() as u64,
                 "fanout" => 300 + 120 * self.sizes.len() as u64,
-                "sustained" => 300 + 2 * self.duration.map_or(30, |d| d.as_secs()),
+                "sustained" => 400 + 2 * self.duration.map_or(30, |d| d.as_secs()),
                 "slow" => 300 + 4 * self.duration.map_or(30, |d| d.as_secs()),
-                "rest" => 400 + 2 * self.duration.map_or(20, |d| d.as_secs()),
+                "rest" => 500 + 2 * self.duration.map_or(20, |d| d.as_secs()),
                 _ => 120,
             }
         };

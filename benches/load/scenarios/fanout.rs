@@ -136,7 +136,8 @@ pub fn rounds(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Stragglers of rounds that timed out still count (by sequence number) if they come.
+    fleet.wait_quiet(want, Duration::from_secs(2), Duration::from_secs(60));
     let s = fleet.collect();
     print_errors(&s);
     summarize(&s.deliveries, first, *seq, subs)

@@ -58,7 +58,7 @@ pub fn run(opts: &Opts) -> Res {
     let wall = t0.elapsed().as_secs_f64();
     let writes: u64 = results.iter().map(|r| r.writes_ok).sum();
     let d0 = fleet.totals().delivered;
-    fleet.wait_delivered(d0 + writes * subs as u64, Duration::from_secs(5));
+    fleet.wait_quiet(d0 + writes * subs as u64, Duration::from_secs(3), Duration::from_secs(90));
     let cpu = target::proc_stat(server.pid).unwrap_or_default().cpu_s - cpu0;
     let s = fleet.collect();
     print_errors(&s);
