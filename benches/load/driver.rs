@@ -96,7 +96,6 @@ pub struct Samples {
 #[derive(Debug, Clone)]
 pub struct ConnReport {
     pub open: bool,
-    pub joined: bool,
     pub bytes_read: u64,
     pub closed_by: Option<String>,
 }
@@ -258,13 +257,11 @@ impl Driver {
             Cmd::Inspect { local, reply } => {
                 let r = self.conns.get(local).map(|c| ConnReport {
                     open: c.state != State::Closed,
-                    joined: c.state == State::Joined,
                     bytes_read: c.bytes_read,
                     closed_by: c.closed_by.clone(),
                 });
                 let _ = reply.send(r.unwrap_or(ConnReport {
                     open: false,
-                    joined: false,
                     bytes_read: 0,
                     closed_by: Some("no such connection".into()),
                 }));

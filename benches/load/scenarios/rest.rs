@@ -106,7 +106,10 @@ pub fn run(opts: &Opts) -> Res {
         ms(l.max),
     ]);
     table.print();
-    println!("server CPU {:.0}% over {total:.1} s (requests for {wall:.1} s, then the pushes drained)", 100.0 * cpu / total);
+    println!(
+        "server CPU {:.0}% over {total:.1} s (requests for {wall:.1} s, then the pushes drained)",
+        100.0 * cpu / total
+    );
     table.write_csv(&opts.out, "rest").map_err(|e| e.to_string())?;
     fleet.shutdown();
     server.stop();
