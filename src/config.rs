@@ -11,15 +11,18 @@ pub struct Config {
     pub ws_addr: SocketAddr,
     /// Mount path of the socket; phoenix.js appends `/websocket` to the endpoint it is given.
     pub ws_path: String,
+    /// Connects the kernel queues before the acceptor takes them (capped by `somaxconn`).
+    pub listen_backlog: i32,
     /// Connections beyond this get HTTP 503 before the upgrade.
     pub max_connections: usize,
     /// Joins beyond this are refused with `{"reason":"too many channels joined"}` (Phoenix: 100).
     pub max_channels_per_connection: usize,
     /// Largest accepted client frame and message; bigger ones close the socket with 1009.
     pub max_frame_bytes: usize,
-    /// Frames queued for one connection's writer. A client that lets this fill up is a slow
-    /// consumer and is disconnected, so it cannot slow or bloat the server.
-    pub outbound_queue_frames: usize,
+    /// Bytes queued for one connection beyond what the kernel's socket buffer holds. A client
+    /// that falls further behind is a slow consumer and is disconnected, so it cannot slow or
+    /// bloat the server. Nothing is allocated while a client keeps up.
+    pub outbound_queue_bytes: usize,
     /// Messages queued for one channel process before the sender waits (socket) or the
     /// connection is treated as a slow consumer (registry).
     pub channel_mailbox: usize,
@@ -39,10 +42,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Only these `Origin` hosts may connect (`example.com`, `*.example.com`); empty allows any.
     pub check_origin: Vec<String>,
-    /// Stack sizes of the three per-connection thread kinds (bytes of address space; only the
-    /// touched pages cost memory).
+    /// Stack sizes of the per-connection thread kinds (bytes of address space; only the
+    /// touched pages cost memory). The flusher runs only while a client is behind.
     pub socket_stack_bytes: usize,
-    pub writer_stack_bytes: usize,
+    pub flusher_stack_bytes: usize,
     pub channel_stack_bytes: usize,
     /// tungstenite's per-connection read buffer (its default is 128 KiB).
     pub read_buffer_bytes: usize,
@@ -53,10 +56,11 @@ impl Default for Config {
         Config {
             ws_addr: "127.0.0.1:4080".parse().expect("valid address"),
             ws_path: "/socket".to_string(),
+            listen_backlog: 4096,
             max_connections: 16_000,
             max_channels_per_connection: 100,
             max_frame_bytes: 1 << 20,
-            outbound_queue_frames: 1024,
+            outbound_queue_bytes: 1 << 20,
             channel_mailbox: 1024,
             registry_mailbox: 65_536,
             idle_timeout: Duration::from_secs(60),
@@ -67,7 +71,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             check_origin: Vec::new(),
             socket_stack_bytes: 128 * 1024,
-            writer_stack_bytes: 64 * 1024,
+            flusher_stack_bytes: 64 * 1024,
             channel_stack_bytes: 256 * 1024,
             read_buffer_bytes: 4 * 1024,
         }

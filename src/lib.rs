@@ -1,9 +1,9 @@
 //! phx-threads: a Phoenix Channels server on OS threads, no async.
 //!
-//! Every WebSocket connection is a socket thread plus a writer thread, every joined channel is
-//! a thread, and a registry thread routes PubSub broadcasts. ARCHITECTURE.md has the map; the
+//! Every WebSocket connection is a socket thread, every joined channel is a thread, and a
+//! registry thread routes PubSub broadcasts straight onto the connections' sockets. ARCHITECTURE.md has the map; the
 //! modules below are listed in reading order, framework first, application last.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;

@@ -20,7 +20,7 @@ use crate::channel::Router;
 use crate::config::Config;
 use crate::process;
 use crate::pubsub::{PubSub, PubSubProcess};
-use crate::socket::conn::{CloseReason, ConnShared};
+use crate::socket::conn::{CloseReason, ConnShared, OutLimits};
 use crate::socket::transport::{ConnectFn, Connected};
 use crate::socket::{self, Endpoint};
 
@@ -94,7 +94,11 @@ pub fn accept_all() -> ConnectFn {
 
 /// Binds the WebSocket listener and starts the acceptor and the PubSub registry.
 pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<ServerHandle> {
-    let listener = TcpListener::bind(config.ws_addr)?;
+    let listener = bind_listener(config.ws_addr, config.listen_backlog)?;
+    match process::size_futex_hash(config.max_connections * 2 + 64) {
+        Ok(slots) => log::debug!("futex hash sized to {slots} slots"),
+        Err(e) => log::debug!("futex hash left as is: {e}"),
+    }
     let ws_addr = listener.local_addr()?;
     let pubsub = PubSubProcess::start(config.registry_mailbox)?;
     let shutdown_timeout = config.shutdown_timeout;
@@ -161,6 +165,18 @@ impl ServerHandle {
     }
 }
 
+/// Binds with a listen backlog of `backlog` (std always uses 128): a burst of connects beyond
+/// the backlog loses SYNs, and each lost SYN costs its client a one-second retransmit. The
+/// kernel caps it at `net.core.somaxconn` (4096 by default).
+fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 /// The acceptor loop; it ends when `stopping` is set. Returns the socket threads still
 /// running so shutdown can join them.
 fn accept_loop(
@@ -208,7 +224,11 @@ fn admit(
     // One file descriptor per connection, shared by its threads (`&TcpStream` reads and
     // writes): the process may hold at most 20,000 open files, and 19k connections must fit.
     let tcp = Arc::new(tcp);
-    let shared = Arc::new(ConnShared::new(id, tcp.clone()));
+    let limits = OutLimits {
+        max_pending_bytes: endpoint.config.outbound_queue_bytes,
+        flusher_stack_bytes: endpoint.config.flusher_stack_bytes,
+    };
+    let shared = Arc::new(ConnShared::new(id, tcp.clone(), limits));
     {
         let mut table = connections.table.lock();
         if table.len() >= endpoint.config.max_connections {

@@ -11,7 +11,9 @@ pub(crate) mod server;
 use std::any::Any;
 use std::sync::Arc;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
+
+use crate::process::MailboxSender;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{Outgoing, Payload};
@@ -130,7 +132,7 @@ pub(crate) enum Msg {
 
 /// Sends `Info::Message`s to one channel process from any thread.
 #[derive(Clone)]
-pub struct ChannelSender(Sender<Msg>);
+pub struct ChannelSender(MailboxSender<Msg>);
 
 impl ChannelSender {
     /// Queues `msg` without blocking; false if the channel is gone or its mailbox is full.
@@ -150,7 +152,7 @@ pub struct ChannelCtx {
     conn: ConnHandle,
     pubsub: PubSub,
     sub_id: SubId,
-    self_tx: Sender<Msg>,
+    self_tx: MailboxSender<Msg>,
     current_ref: Option<String>,
     /// Pushes made during `join`, sent after the join reply (Phoenix forbids them; we queue).
     pending: Option<Vec<(String, Payload)>>,

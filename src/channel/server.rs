@@ -15,6 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
+
+use crate::process::MailboxSender;
 use serde_json::json;
 
 use super::{Assigns, Channel, ChannelCtx, Flow, HandleIn, Info, Msg, StopReason};
@@ -58,31 +60,41 @@ pub(crate) enum Stop {
 
 /// The socket's handles on a started channel process.
 pub(crate) struct Spawned {
+    /// The client inbox: `In` and `Leave` from the socket.
     pub tx: Sender<Msg>,
     pub stop: Sender<Stop>,
     pub outcome: Receiver<JoinOutcome>,
     pub thread: JoinHandle<()>,
 }
 
+/// Client messages in flight from the socket to one channel. Small on purpose: a bounded
+/// crossbeam channel allocates all its slots up front, and when a channel is this far behind
+/// its client, the socket waiting (and TCP pushing back on the client) is the right answer.
+const CLIENT_INBOX: usize = 8;
+
 pub(crate) fn spawn(req: JoinRequest, mailbox: usize, stack_bytes: usize) -> io::Result<Spawned> {
-    let (tx, rx) = bounded(mailbox);
+    let (tx, inbox) = bounded(CLIENT_INBOX);
+    let (self_tx, info) = process::mailbox(mailbox);
     let (stop, stop_rx) = bounded(1);
     let (outcome_tx, outcome) = bounded(1);
     let name = format!("channel-{}-{}", req.conn.shared.id, req.id);
-    let self_tx = tx.clone();
     let thread = process::spawn(name, stack_bytes, move || {
         let exits = req.exits.clone();
         let id = req.id;
-        run(req, Mailboxes { rx, self_tx, stop_rx, outcome_tx });
+        run(req, Mailboxes { inbox, info, self_tx, stop_rx, outcome_tx });
         // Bounded: the socket drains its exits mailbox before and after every message.
         let _ = exits.send_timeout(id, Duration::from_secs(5));
     })?;
     Ok(Spawned { tx, stop, outcome, thread })
 }
 
+/// A channel process reads three mailboxes: the socket's stop requests (always first), the
+/// client's messages, and everything else (broadcasts it intercepts or subscribed to, and
+/// `ChannelSender` messages), which never blocks its senders.
 struct Mailboxes {
-    rx: Receiver<Msg>,
-    self_tx: Sender<Msg>,
+    inbox: Receiver<Msg>,
+    info: Receiver<Msg>,
+    self_tx: MailboxSender<Msg>,
     stop_rx: Receiver<Stop>,
     outcome_tx: Sender<JoinOutcome>,
 }
@@ -107,7 +119,7 @@ fn run(req: JoinRequest, mb: Mailboxes) {
         conn,
         pubsub,
         sub_id: SubId::next(),
-        self_tx: mb.self_tx,
+        self_tx: mb.self_tx.clone(),
         current_ref: None,
         pending: Some(Vec::new()),
         extra_topics: Vec::new(),
@@ -144,7 +156,7 @@ fn run(req: JoinRequest, mb: Mailboxes) {
     for (event, payload) in ctx.pending.take().unwrap_or_default() {
         ctx.push(&event, payload);
     }
-    let exit = serve(&mut *channel, &mut ctx, &mb.rx, &mb.stop_rx);
+    let exit = serve(&mut *channel, &mut ctx, &mb);
     finish(&mut *channel, &mut ctx, exit);
 }
 
@@ -164,16 +176,19 @@ fn reply_join(ctx: &ChannelCtx, ref_: Option<&str>, status: &str, response: &Pay
 }
 
 /// The message loop. Bounded by the socket: it ends when the socket stops it or goes away.
-fn serve(
-    channel: &mut dyn Channel,
-    ctx: &mut ChannelCtx,
-    rx: &Receiver<Msg>,
-    stop_rx: &Receiver<Stop>,
-) -> Exit {
+fn serve(channel: &mut dyn Channel, ctx: &mut ChannelCtx, mb: &Mailboxes) -> Exit {
     loop {
+        if let Ok(stop) = mb.stop_rx.try_recv() {
+            return Exit::Stopped(stop);
+        }
         let msg = select! {
-            recv(stop_rx) -> stop => return Exit::Stopped(stop.unwrap_or(Stop::Closed)),
-            recv(rx) -> msg => msg.expect("the channel holds a sender to its own mailbox"),
+            recv(mb.stop_rx) -> stop => return Exit::Stopped(stop.unwrap_or(Stop::Closed)),
+            recv(mb.inbox) -> msg => match msg {
+                Ok(msg) => msg,
+                // The socket dropped its sender after queueing our stop (or vanished).
+                Err(_) => return Exit::Stopped(mb.stop_rx.try_recv().unwrap_or(Stop::Closed)),
+            },
+            recv(mb.info) -> msg => msg.expect("the channel holds a sender to its own mailbox"),
         };
         match catch_unwind(AssertUnwindSafe(|| handle(channel, ctx, msg))) {
             Ok(Flow::Continue) => {}

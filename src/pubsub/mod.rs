@@ -17,7 +17,7 @@ use std::{fmt, io};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::channel;
-use crate::process;
+use crate::process::{self, MailboxSender};
 use crate::protocol::Payload;
 use crate::socket::conn::ConnHandle;
 
@@ -46,7 +46,11 @@ pub(crate) enum Target {
     /// A joined channel. With `fastlane`, events it does not intercept go straight to its
     /// connection as one shared frame; intercepted events (and all events when there is no
     /// fastlane, i.e. extra topics) go to the channel's mailbox.
-    Channel { tx: Sender<channel::Msg>, fastlane: Option<ConnHandle>, intercepts: Arc<[String]> },
+    Channel {
+        tx: MailboxSender<channel::Msg>,
+        fastlane: Option<ConnHandle>,
+        intercepts: Arc<[String]>,
+    },
     /// A socket subscribed to its socket id: `disconnect` closes it with 1001.
     Socket(ConnHandle),
     /// Anything else (REST code, tests): a plain bounded mailbox.

@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, TrySendError};
 use super::{Broadcast, Msg, SubId, Subscriber, Target};
 use crate::channel;
 use crate::protocol::{Outgoing, Vsn};
-use crate::socket::conn::{CloseReason, Outbound};
+use crate::socket::conn::{Chunk, CloseReason};
 
 /// Subscribers of one topic. The index makes unsubscribe O(1), which matters when 19k
 /// connections leave one topic at once.
@@ -67,7 +67,7 @@ fn dispatch(topic: &Topic, broadcast: &Arc<Broadcast>, from: Option<SubId>) {
                 if !intercepts.iter().any(|e| *e == broadcast.event) =>
             {
                 if let Some(frame) = frames.get(conn.vsn) {
-                    conn.send(Outbound::Shared(frame));
+                    conn.send(Chunk::Shared(frame));
                 }
                 let _ = tx; // the channel process is bypassed: that is the point of fastlane
             }

@@ -1,8 +1,9 @@
 //! The socket process (`Phoenix.Socket` + the WebSocket transport): one per connection.
 //!
 //! Threads per connection: this one (`ws-<id>`: it performs the handshake, then reads frames
-//! with blocking reads and owns the connection's routing state), one writer (`ws-writer-<id>`,
-//! `conn.rs`), and one per joined channel. The socket never polls: it sleeps in `read` until
+//! with blocking reads and owns the connection's routing state) and one per joined channel.
+//! Frames are written by whoever produces them (`conn.rs`); a flusher thread exists only while
+//! the client is behind. The socket never polls: it sleeps in `read` until
 //! the client sends something, the idle timeout passes, or someone shuts the TCP stream to
 //! wake it (`ConnShared::close`). Channel exits arrive on the `exits` mailbox, which is drained
 //! before and after every frame.
@@ -14,12 +15,12 @@ pub(crate) mod conn;
 pub mod transport;
 
 use std::collections::HashMap;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender, bounded};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, unbounded};
 use serde_json::json;
 use tungstenite::{Message as WsMessage, WebSocket};
 
@@ -28,10 +29,10 @@ use crate::channel::{self, Assigns, Router};
 use crate::config::Config;
 use crate::protocol::{
     self, EVENT_CLOSE, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, HEARTBEAT_TOPIC, Inbound, Message,
-    Outgoing, Payload,
+    Outgoing, Payload, frame,
 };
 use crate::pubsub::{PubSub, SubId, Subscriber, Target};
-use conn::{CloseReason, ConnHandle, ConnShared, Outbound};
+use conn::{CloseReason, ConnHandle, ConnShared};
 use transport::{ConnectFn, HandshakeFailure, WsStream};
 
 /// What every socket process shares with the server.
@@ -106,11 +107,11 @@ pub(crate) fn run(
             return;
         }
     };
-    let Some((conn, writer)) = start_writer(&endpoint, &mut ws, &shared, session.vsn) else {
-        return;
-    };
+    let conn = attach_outbound(&endpoint, &mut ws, &shared, session.vsn);
     let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
-    let (exits_tx, exits_rx) = bounded(config.max_channels_per_connection + 16);
+    // Unbounded but bounded by construction: each channel thread sends exactly one exit, and
+    // at most `max_channels_per_connection` run at once. (A bounded channel would preallocate.)
+    let (exits_tx, exits_rx) = unbounded();
     let mut socket = Socket {
         endpoint: endpoint.clone(),
         conn,
@@ -125,31 +126,23 @@ pub(crate) fn run(
     if let (Some(id), Some(sub)) = (session.socket_id.as_deref(), socket_sub) {
         endpoint.pubsub.unsubscribe(id, sub);
     }
-    socket.teardown(&mut ws, end, writer);
+    socket.teardown(&mut ws, end);
 }
 
-fn start_writer(
+/// Switches the stream from the handshake's timeouts to the connection's and routes
+/// tungstenite's own writes (pongs, close replies) through the ordered outbound side.
+fn attach_outbound(
     endpoint: &Endpoint,
     ws: &mut WebSocket<WsStream>,
     shared: &Arc<ConnShared>,
     vsn: protocol::Vsn,
-) -> Option<(ConnHandle, conn::Writer)> {
+) -> ConnHandle {
     let config = &endpoint.config;
     let tcp = ws.get_ref().tcp();
     let _ = tcp.set_read_timeout(Some(config.idle_timeout));
     let _ = tcp.set_write_timeout(Some(config.write_timeout));
-    let write_half = tcp.clone();
-    let (outbox, rx) = bounded(config.outbound_queue_frames);
-    let writer = match conn::spawn_writer(write_half, rx, shared.id, config.writer_stack_bytes) {
-        Ok(handle) => handle,
-        Err(e) => {
-            log::error!("conn {}: cannot start writer thread: {e}", shared.id);
-            let _ = tcp.shutdown(Shutdown::Both);
-            return None;
-        }
-    };
-    ws.get_mut().attach(outbox.clone());
-    Some((ConnHandle { shared: shared.clone(), outbox, vsn }, writer))
+    ws.get_mut().attach(shared.clone());
+    ConnHandle { shared: shared.clone(), vsn }
 }
 
 fn subscribe_socket_id(pubsub: &PubSub, id: Option<&str>, conn: &ConnHandle) -> Option<SubId> {
@@ -418,7 +411,7 @@ impl Socket {
 
     /// Stops every channel, closes the WebSocket the way `end` says, and waits (bounded) for
     /// the channel threads.
-    fn teardown(&mut self, ws: &mut WebSocket<WsStream>, end: End, writer: conn::Writer) {
+    fn teardown(&mut self, ws: &mut WebSocket<WsStream>, end: End) {
         let stop = match end {
             End::Requested(CloseReason::Shutdown) => Stop::Shutdown,
             _ => Stop::Closed,
@@ -428,8 +421,6 @@ impl Socket {
             self.retired.insert(joined.id, joined.thread);
         }
         self.close_websocket(ws, end);
-        // Let the writer put the close frame on the wire before the stream is cut.
-        writer.wait_done(LINGER);
         self.conn.shared.shutdown_tcp();
         let deadline = Instant::now() + self.endpoint.config.shutdown_timeout / 2;
         while !self.retired.is_empty() {
@@ -445,13 +436,14 @@ impl Socket {
                 self.retired.len()
             );
         }
-        writer.join();
+        self.conn.shared.join_flusher();
     }
 
     fn close_websocket(&self, ws: &mut WebSocket<WsStream>, end: End) {
         let (code, reason) = match end {
             End::ClientClosed => {
-                self.conn.send(Outbound::Finish);
+                // Flush what is pending (tungstenite's close reply) and half-close.
+                self.conn.shared.finish(None, LINGER);
                 return;
             }
             End::Requested(CloseReason::SlowConsumer) => {
@@ -461,7 +453,7 @@ impl Socket {
             End::Requested(r) => (r.code(), r.text().to_string()),
             End::Close(code, reason) => (code, reason),
         };
-        if self.conn.send(Outbound::Close { code, reason }) {
+        if self.conn.shared.finish(Some(frame::close(code, &reason)), LINGER) {
             linger(ws);
         }
     }

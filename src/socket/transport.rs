@@ -1,6 +1,6 @@
 //! The WebSocket transport: the HTTP upgrade (`Phoenix.Transports.WebSocket.call/2`) and the
-//! stream adapter that lets tungstenite read on the socket thread while every write goes
-//! through the connection's writer thread.
+//! stream adapter that lets tungstenite read on the socket thread while its writes go through
+//! the connection's ordered outbound side (`conn.rs`).
 //!
 //! **Invariant:** the only file that imports tungstenite's handshake; it turns a TCP stream into a
 //! `WebSocket<WsStream>` plus the `Session` the connect callback produced, or refuses it with the
@@ -11,13 +11,12 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use crossbeam_channel::{Sender, TrySendError};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, WebSocket};
 
-use super::conn::Outbound;
+use super::conn::{Chunk, ConnShared};
 use crate::channel::Assigns;
 use crate::config::Config;
 use crate::protocol::Vsn;
@@ -66,16 +65,16 @@ pub(crate) struct Session {
 }
 
 /// The stream tungstenite drives: reads come from the TCP stream, writes (pongs and close
-/// replies) are collected and, once the outbox is attached, queued to the writer thread.
-/// Before that (during the handshake) they go straight to the TCP stream.
+/// replies) are collected and, once the outbox is attached, sent in order with every other
+/// frame of the connection. Before that (during the handshake) they go straight to the stream.
 pub(crate) struct WsStream {
     tcp: Arc<TcpStream>,
-    outbox: Option<Sender<Outbound>>,
+    outbox: Option<Arc<ConnShared>>,
     pending: Vec<u8>,
 }
 
 impl WsStream {
-    pub fn attach(&mut self, outbox: Sender<Outbound>) {
+    pub fn attach(&mut self, outbox: Arc<ConnShared>) {
         self.outbox = Some(outbox);
     }
 
@@ -107,10 +106,10 @@ impl Write for WsStream {
             return Ok(());
         }
         let bytes = std::mem::take(&mut self.pending);
-        match outbox.try_send(Outbound::Frame(bytes)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(TrySendError::Disconnected(_)) => Err(io::ErrorKind::BrokenPipe.into()),
+        if outbox.send(Chunk::Owned(bytes)) {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::BrokenPipe.into())
         }
     }
 }

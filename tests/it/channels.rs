@@ -259,7 +259,7 @@ fn shutdown_closes_every_socket_with_1012_without_phx_close() {
 
 #[test]
 fn a_client_that_stops_reading_is_disconnected_and_others_get_everything() {
-    let config = Config { outbound_queue_frames: 32, ..test_config() };
+    let config = Config { outbound_queue_bytes: 512 * 1024, ..test_config() };
     let (server, _) = start_with(config);
     let topic = unique_topic("room");
     let mut slow = server.client();
@@ -268,7 +268,7 @@ fn a_client_that_stops_reading_is_disconnected_and_others_get_everything() {
     fast.join_ok(&topic);
     let pubsub = server.handle().pubsub();
     let body = "x".repeat(16 * 1024);
-    let rounds = 400; // 6.4 MB: far beyond the socket buffers and 32 queued frames
+    let rounds = 400; // 6.4 MB: far beyond the socket buffers and 512 KiB queued
     let fast_reader = std::thread::spawn(move || {
         (0..rounds)
             .map(|_| fast.expect(|m| m[3] == "new_msg")[4]["n"].as_u64().unwrap())
