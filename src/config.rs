@@ -73,7 +73,7 @@ impl Default for Config {
             socket_stack_bytes: 128 * 1024,
             flusher_stack_bytes: 64 * 1024,
             channel_stack_bytes: 256 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
         }
     }
 }

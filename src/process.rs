@@ -65,6 +65,14 @@ impl<T> MailboxSender<T> {
     }
 }
 
+impl<T> MailboxSender<T> {
+    /// Queues `msg` even when the mailbox is full: for the one control message (a stop) that
+    /// must get through a mailbox flooded by others. False if the receiver is gone.
+    pub fn force_send(&self, msg: T) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+}
+
 /// A new mailbox of `capacity` messages.
 pub fn mailbox<T>(capacity: usize) -> (MailboxSender<T>, Receiver<T>) {
     let (tx, rx) = crossbeam_channel::unbounded();

@@ -74,7 +74,7 @@ pub struct ServerHandle {
     pubsub: Option<PubSubProcess>,
     connections: Arc<Connections>,
     stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+    acceptor: Option<JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -143,20 +143,15 @@ impl ServerHandle {
         self.stopping.store(true, Ordering::SeqCst);
         // Wake the blocking accept() by connecting to ourselves (tiny_http does the same).
         let _ = TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
-        let socket_threads = self.acceptor.take().map(|a| a.join().unwrap_or_default());
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
         let open: Vec<Arc<ConnShared>> = self.connections.table.lock().values().cloned().collect();
         for conn in &open {
             conn.close(CloseReason::Shutdown);
         }
-        let mut clean = self.connections.wait_empty(deadline);
-        for thread in socket_threads.unwrap_or_default() {
-            // Every socket thread has dropped its guard, so these joins return at once.
-            if clean || thread.is_finished() {
-                let _ = thread.join();
-            } else {
-                clean = false;
-            }
-        }
+        // Connection threads are detached (see `admit`); each drops its guard as its last act.
+        let clean = self.connections.wait_empty(deadline);
         if let Some(pubsub) = self.pubsub.take() {
             pubsub.stop();
         }
@@ -177,22 +172,17 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The acceptor loop; it ends when `stopping` is set. Returns the socket threads still
-/// running so shutdown can join them.
+/// The acceptor loop; it ends when `stopping` is set.
 fn accept_loop(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     connections: Arc<Connections>,
     stopping: Arc<AtomicBool>,
-) -> Vec<JoinHandle<()>> {
+) {
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for (n, incoming) in listener.incoming().enumerate() {
+    for incoming in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             break;
-        }
-        if n % 1024 == 1023 {
-            threads.retain(|t| !t.is_finished());
         }
         let tcp = match incoming {
             Ok(tcp) => tcp,
@@ -204,22 +194,21 @@ fn accept_loop(
             }
         };
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        if let Some(thread) = admit(tcp, id, &endpoint, &connections) {
-            threads.push(thread);
-        }
+        admit(tcp, id, &endpoint, &connections);
     }
-    threads
 }
+
+/// Stack of the short-lived handshake thread. The upgrade (HTTP parsing with a 124-header
+/// array, the `http` crate's request, our connect callback) touches ~16 KiB of stack; done on
+/// the socket thread, those pages would stay resident for the connection's whole life. On its
+/// own thread they are returned when it exits. More than 4x the largest long-lived stack, so
+/// glibc's stack cache never hands a dirty handshake stack to a socket or channel thread.
+const HANDSHAKE_STACK_BYTES: usize = 2 << 20;
 
 /// Starts the socket process for one accepted stream, or refuses it with 503 when the server
 /// is at its connection limit or out of threads.
-fn admit(
-    tcp: TcpStream,
-    id: u64,
-    endpoint: &Arc<Endpoint>,
-    connections: &Arc<Connections>,
-) -> Option<JoinHandle<()>> {
-    let peer = tcp.peer_addr().ok()?;
+fn admit(tcp: TcpStream, id: u64, endpoint: &Arc<Endpoint>, connections: &Arc<Connections>) {
+    let Ok(peer) = tcp.peer_addr() else { return };
     let _ = tcp.set_nodelay(true);
     // One file descriptor per connection, shared by its threads (`&TcpStream` reads and
     // writes): the process may hold at most 20,000 open files, and 19k connections must fit.
@@ -236,24 +225,29 @@ fn admit(
             log::warn!("refusing {peer}: max_connections reached");
             drop(shared);
             refuse_503(&tcp);
-            return None;
+            return;
         }
         table.insert(id, shared.clone());
     }
     let guard = ConnGuard { id, connections: connections.clone() };
-    let endpoint2 = endpoint.clone();
-    let stack = endpoint.config.socket_stack_bytes;
-    let spawned = process::spawn(format!("ws-{id}"), stack, move || {
-        let _guard = guard;
-        socket::run(endpoint2, tcp, peer, shared);
-    });
-    match spawned {
-        Ok(thread) => Some(thread),
-        Err(e) => {
-            // The guard moved into the closure was dropped with it, freeing the slot.
-            log::error!("refusing {peer}: cannot start a thread: {e}");
-            None
+    let endpoint = endpoint.clone();
+    // Both threads are detached: a joinable thread that has ended keeps its whole stack until
+    // someone joins it, and nobody waits on a connection. Shutdown waits for the guards instead.
+    let spawned = process::spawn(format!("ws-hs-{id}"), HANDSHAKE_STACK_BYTES, move || {
+        let Some(upgraded) = socket::handshake(&endpoint, tcp, peer, &shared) else { return };
+        let stack = endpoint.config.socket_stack_bytes;
+        let started = process::spawn(format!("ws-{id}"), stack, move || {
+            let _guard = guard;
+            socket::run(endpoint, upgraded, shared);
+        });
+        // On failure the closure, with the guard and the stream, is dropped: the slot is freed.
+        if let Err(e) = started {
+            log::error!("conn {id}: cannot start its socket thread: {e}");
         }
+    });
+    if let Err(e) = spawned {
+        // The guard moved into the closure was dropped with it, freeing the slot.
+        log::error!("refusing {peer}: cannot start a thread: {e}");
     }
 }
 

@@ -124,10 +124,18 @@ pub enum Info {
 
 /// Mailbox messages of a channel process.
 pub(crate) enum Msg {
-    In { event: String, payload: Payload, ref_: Option<String> },
-    Leave { ref_: Option<String> },
+    In {
+        event: String,
+        payload: Payload,
+        ref_: Option<String>,
+    },
+    Leave {
+        ref_: Option<String>,
+    },
     Broadcast(Arc<Broadcast>),
     Info(Box<dyn Any + Send>),
+    /// From the socket, past the capacity check: stop now (`server::Stop`).
+    Stop(server::Stop),
 }
 
 /// Sends `Info::Message`s to one channel process from any thread.

@@ -1,9 +1,11 @@
 //! The channel process (`Phoenix.Channel.Server`): one thread per joined topic per connection.
 //!
-//! Runs on: `channel-<conn>-<n>` threads. Mailbox: `channel::Msg` (bounded) plus a one-slot
-//! stop mailbox owned by the socket, so a stop request always gets through a full mailbox.
+//! Runs on: `channel-<conn>-<n>` threads. Mailboxes: a small bounded inbox for the client's
+//! messages and a lazily allocated one for everything else (see `Mailboxes`); the socket's stop
+//! request skips that one's capacity check, so it always gets through.
 //! Lifecycle: join (reply written here, then `JoinOutcome` to the waiting socket) → message
-//! loop → exit, reported to the socket as the channel id on its `exits` mailbox.
+//! loop → exit. The join outcome and the exit reach the socket as `Notice`s on its one
+//! notice mailbox.
 //! **Invariant:** the join reply is queued before any push of the channel, and the channel's
 //! PubSub subscriptions are removed before its exit is reported, so a rejoin never receives a
 //! broadcast twice.
@@ -12,7 +14,6 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 
@@ -36,7 +37,7 @@ pub(crate) struct JoinRequest {
     pub assigns: Arc<Assigns>,
     pub conn: ConnHandle,
     pub pubsub: PubSub,
-    pub exits: Sender<u64>,
+    pub notices: Sender<Notice>,
 }
 
 /// What the socket learns about a join attempt.
@@ -45,6 +46,14 @@ pub(crate) enum JoinOutcome {
     Joined,
     Refused,
     Crashed,
+}
+
+/// What channel processes tell their socket, on its one (unbounded) notice mailbox. Each
+/// channel sends at most one `Joined` and one `Exited`, so the mailbox is bounded by the
+/// channel limit; an unbounded one allocates nothing while empty (a bounded one would).
+pub(crate) enum Notice {
+    Joined(u64, JoinOutcome),
+    Exited(u64),
 }
 
 /// Why the socket stops a channel.
@@ -62,41 +71,37 @@ pub(crate) enum Stop {
 pub(crate) struct Spawned {
     /// The client inbox: `In` and `Leave` from the socket.
     pub tx: Sender<Msg>,
-    pub stop: Sender<Stop>,
-    pub outcome: Receiver<JoinOutcome>,
+    /// The mailbox for everything else; the socket sends `Msg::Stop` through it.
+    pub control: MailboxSender<Msg>,
     pub thread: JoinHandle<()>,
 }
 
 /// Client messages in flight from the socket to one channel. Small on purpose: a bounded
 /// crossbeam channel allocates all its slots up front, and when a channel is this far behind
 /// its client, the socket waiting (and TCP pushing back on the client) is the right answer.
-const CLIENT_INBOX: usize = 8;
+const CLIENT_INBOX: usize = 4;
 
 pub(crate) fn spawn(req: JoinRequest, mailbox: usize, stack_bytes: usize) -> io::Result<Spawned> {
     let (tx, inbox) = bounded(CLIENT_INBOX);
     let (self_tx, info) = process::mailbox(mailbox);
-    let (stop, stop_rx) = bounded(1);
-    let (outcome_tx, outcome) = bounded(1);
+    let self_tx_for_socket = self_tx.clone();
     let name = format!("channel-{}-{}", req.conn.shared.id, req.id);
     let thread = process::spawn(name, stack_bytes, move || {
-        let exits = req.exits.clone();
+        let notices = req.notices.clone();
         let id = req.id;
-        run(req, Mailboxes { inbox, info, self_tx, stop_rx, outcome_tx });
-        // Bounded: the socket drains its exits mailbox before and after every message.
-        let _ = exits.send_timeout(id, Duration::from_secs(5));
+        run(req, Mailboxes { inbox, info, self_tx });
+        let _ = notices.send(Notice::Exited(id));
     })?;
-    Ok(Spawned { tx, stop, outcome, thread })
+    Ok(Spawned { tx, control: self_tx_for_socket, thread })
 }
 
-/// A channel process reads three mailboxes: the socket's stop requests (always first), the
-/// client's messages, and everything else (broadcasts it intercepts or subscribed to, and
-/// `ChannelSender` messages), which never blocks its senders.
+/// A channel process reads two mailboxes: the client's messages (bounded, the socket waits),
+/// and everything else (broadcasts it intercepts or subscribed to, `ChannelSender` messages and
+/// the socket's stop), which never blocks its senders.
 struct Mailboxes {
     inbox: Receiver<Msg>,
     info: Receiver<Msg>,
     self_tx: MailboxSender<Msg>,
-    stop_rx: Receiver<Stop>,
-    outcome_tx: Sender<JoinOutcome>,
 }
 
 /// How the message loop ended.
@@ -110,8 +115,19 @@ enum Exit {
 }
 
 fn run(req: JoinRequest, mb: Mailboxes) {
-    let JoinRequest { topic, join_ref, ref_, payload, mut channel, assigns, conn, pubsub, .. } =
-        req;
+    let JoinRequest {
+        id,
+        topic,
+        join_ref,
+        ref_,
+        payload,
+        mut channel,
+        assigns,
+        conn,
+        pubsub,
+        notices,
+        ..
+    } = req;
     let mut ctx = ChannelCtx {
         topic,
         join_ref,
@@ -137,18 +153,19 @@ fn run(req: JoinRequest, mb: Mailboxes) {
         }
     };
     // The socket gave up waiting (join timeout) or is gone: leave without a word.
-    if !matches!(mb.stop_rx.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+    // The socket drops the inbox sender when it stops waiting for the join (or is gone).
+    if matches!(mb.inbox.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)) {
         unsubscribe_all(&ctx);
         return;
     }
     if outcome == JoinOutcome::Joined && !subscribe_own_topic(&ctx, &*channel) {
         let reply = Payload::from(json!({"reason": "join crashed"}));
         reply_join(&ctx, ref_.as_deref(), "error", &reply);
-        let _ = mb.outcome_tx.send(JoinOutcome::Crashed);
+        let _ = notices.send(Notice::Joined(id, JoinOutcome::Crashed));
         return;
     }
     reply_join(&ctx, ref_.as_deref(), status, &response);
-    let _ = mb.outcome_tx.send(outcome);
+    let _ = notices.send(Notice::Joined(id, outcome));
     if outcome != JoinOutcome::Joined {
         unsubscribe_all(&ctx);
         return;
@@ -178,18 +195,17 @@ fn reply_join(ctx: &ChannelCtx, ref_: Option<&str>, status: &str, response: &Pay
 /// The message loop. Bounded by the socket: it ends when the socket stops it or goes away.
 fn serve(channel: &mut dyn Channel, ctx: &mut ChannelCtx, mb: &Mailboxes) -> Exit {
     loop {
-        if let Ok(stop) = mb.stop_rx.try_recv() {
-            return Exit::Stopped(stop);
-        }
         let msg = select! {
-            recv(mb.stop_rx) -> stop => return Exit::Stopped(stop.unwrap_or(Stop::Closed)),
             recv(mb.inbox) -> msg => match msg {
                 Ok(msg) => msg,
                 // The socket dropped its sender after queueing our stop (or vanished).
-                Err(_) => return Exit::Stopped(mb.stop_rx.try_recv().unwrap_or(Stop::Closed)),
+                Err(_) => return Exit::Stopped(queued_stop(&mb.info).unwrap_or(Stop::Closed)),
             },
             recv(mb.info) -> msg => msg.expect("the channel holds a sender to its own mailbox"),
         };
+        if let Msg::Stop(stop) = msg {
+            return Exit::Stopped(stop);
+        }
         match catch_unwind(AssertUnwindSafe(|| handle(channel, ctx, msg))) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Stop(reason)) => return Exit::Stop(reason),
@@ -199,6 +215,11 @@ fn serve(channel: &mut dyn Channel, ctx: &mut ChannelCtx, mb: &Mailboxes) -> Exi
             }
         }
     }
+}
+
+/// A stop waiting behind other messages in `info`; the rest are dropped, as the channel ends.
+fn queued_stop(info: &Receiver<Msg>) -> Option<Stop> {
+    info.try_iter().find_map(|m| if let Msg::Stop(stop) = m { Some(stop) } else { None })
 }
 
 fn handle(channel: &mut dyn Channel, ctx: &mut ChannelCtx, msg: Msg) -> Flow {
@@ -219,6 +240,7 @@ fn handle(channel: &mut dyn Channel, ctx: &mut ChannelCtx, msg: Msg) -> Flow {
         }
         Msg::Broadcast(b) => channel.handle_info(Info::Broadcast(b), ctx),
         Msg::Info(m) => channel.handle_info(Info::Message(m), ctx),
+        Msg::Stop(_) => unreachable!("serve handles stops before dispatch"),
     }
 }
 

@@ -5,7 +5,7 @@
 //! Frames are written by whoever produces them (`conn.rs`); a flusher thread exists only while
 //! the client is behind. The socket never polls: it sleeps in `read` until
 //! the client sends something, the idle timeout passes, or someone shuts the TCP stream to
-//! wake it (`ConnShared::close`). Channel exits arrive on the `exits` mailbox, which is drained
+//! wake it (`ConnShared::close`). Channel exits arrive on the `notices` mailbox, which is drained
 //! before and after every frame.
 //!
 //! The decision table (`handle_message`) follows `socket.ex`'s `handle_in/4`: heartbeat, join,
@@ -24,16 +24,17 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, unbounded};
 use serde_json::json;
 use tungstenite::{Message as WsMessage, WebSocket};
 
-use crate::channel::server::{self as channel_server, JoinOutcome, JoinRequest, Stop};
+use crate::channel::server::{self as channel_server, JoinOutcome, JoinRequest, Notice, Stop};
 use crate::channel::{self, Assigns, Router};
 use crate::config::Config;
+use crate::process::MailboxSender;
 use crate::protocol::{
     self, EVENT_CLOSE, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, HEARTBEAT_TOPIC, Inbound, Message,
     Outgoing, Payload, frame,
 };
 use crate::pubsub::{PubSub, SubId, Subscriber, Target};
 use conn::{CloseReason, ConnHandle, ConnShared};
-use transport::{ConnectFn, HandshakeFailure, WsStream};
+use transport::{ConnectFn, HandshakeFailure, Session, WsStream};
 
 /// What every socket process shares with the server.
 pub(crate) struct Endpoint {
@@ -59,7 +60,7 @@ struct Joined {
     id: u64,
     join_ref: String,
     tx: Sender<channel::Msg>,
-    stop: Sender<Stop>,
+    control: MailboxSender<channel::Msg>,
     thread: JoinHandle<()>,
     leaving: bool,
 }
@@ -81,45 +82,57 @@ struct Socket {
     channels: HashMap<String, Joined>,
     /// Channels told to stop whose exit has not been seen yet.
     retired: HashMap<u64, JoinHandle<()>>,
-    exits_tx: Sender<u64>,
-    exits_rx: Receiver<u64>,
+    notices_tx: Sender<Notice>,
+    notices: Receiver<Notice>,
     next_channel_id: u64,
 }
 
-/// Entry point of the `ws-<id>` thread: handshake, serve, tear down.
-pub(crate) fn run(
-    endpoint: Arc<Endpoint>,
+/// A connection that completed the WebSocket upgrade, ready for `run`.
+pub(crate) struct Upgraded {
+    ws: WebSocket<WsStream>,
+    session: Session,
+}
+
+/// The HTTP upgrade, on the short-lived `ws-hs-<id>` thread (see `server::admit` for why it is
+/// not the socket thread). None if the client was refused or vanished.
+pub(crate) fn handshake(
+    endpoint: &Endpoint,
     tcp: Arc<TcpStream>,
     peer: SocketAddr,
-    shared: Arc<ConnShared>,
-) {
+    shared: &ConnShared,
+) -> Option<Upgraded> {
     let config = &endpoint.config;
     let _ = tcp.set_read_timeout(Some(config.handshake_timeout));
     let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
-    let (mut ws, session) = match transport::accept(tcp, peer, config, &endpoint.connect) {
-        Ok(accepted) => accepted,
+    match transport::accept(tcp, peer, config, &endpoint.connect) {
+        Ok((ws, session)) => Some(Upgraded { ws, session }),
         Err(HandshakeFailure::Refused(status)) => {
             log::info!("conn {}: upgrade refused with {status}", shared.id);
-            return;
+            None
         }
         Err(HandshakeFailure::Failed(why)) => {
             log::debug!("conn {}: handshake failed: {why}", shared.id);
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Entry point of the `ws-<id>` thread: serve the connection, then tear it down.
+pub(crate) fn run(endpoint: Arc<Endpoint>, upgraded: Upgraded, shared: Arc<ConnShared>) {
+    let Upgraded { mut ws, session } = upgraded;
     let conn = attach_outbound(&endpoint, &mut ws, &shared, session.vsn);
     let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
     // Unbounded but bounded by construction: each channel thread sends exactly one exit, and
     // at most `max_channels_per_connection` run at once. (A bounded channel would preallocate.)
-    let (exits_tx, exits_rx) = unbounded();
+    let (notices_tx, notices) = unbounded();
     let mut socket = Socket {
         endpoint: endpoint.clone(),
         conn,
         assigns: Arc::new(session.assigns),
         channels: HashMap::new(),
         retired: HashMap::new(),
-        exits_tx,
-        exits_rx,
+        notices_tx,
+        notices,
         next_channel_id: 1,
     };
     let end = socket.serve(&mut ws);
@@ -257,7 +270,7 @@ impl Socket {
     /// PubSub. Returns the old join_ref for the `phx_close` that follows the new join's reply,
     /// unless the old channel was already leaving (then it sent its own `phx_close`).
     fn stop_duplicate(&mut self, old: Joined) -> Option<String> {
-        let _ = old.stop.try_send(Stop::Duplicate);
+        old.control.force_send(channel::Msg::Stop(Stop::Duplicate));
         let (id, leaving, join_ref) = (old.id, old.leaving, old.join_ref.clone());
         self.retired.insert(id, old.thread);
         if !self.wait_exit(id, Duration::from_secs(5)) {
@@ -286,7 +299,7 @@ impl Socket {
             assigns: self.assigns.clone(),
             conn: self.conn.clone(),
             pubsub: self.endpoint.pubsub.clone(),
-            exits: self.exits_tx.clone(),
+            notices: self.notices_tx.clone(),
         };
         let spawned =
             match channel_server::spawn(req, config.channel_mailbox, config.channel_stack_bytes) {
@@ -298,27 +311,27 @@ impl Socket {
                     return None;
                 }
             };
-        match spawned.outcome.recv_timeout(config.join_timeout) {
-            Ok(JoinOutcome::Joined) => {
+        match self.wait_join(id, config.join_timeout) {
+            Some(JoinOutcome::Joined) => {
                 let joined = Joined {
                     id,
                     join_ref,
                     tx: spawned.tx,
-                    stop: spawned.stop,
+                    control: spawned.control,
                     thread: spawned.thread,
                     leaving: false,
                 };
                 return Some((topic, joined));
             }
-            Ok(JoinOutcome::Refused | JoinOutcome::Crashed) => {}
-            Err(_) => {
+            Some(JoinOutcome::Refused | JoinOutcome::Crashed) => {}
+            None => {
                 log::warn!("conn {}: join of {topic} timed out", self.conn.shared.id);
                 let reason = json!({"reason": "join timeout"}).into();
                 self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
             }
         }
-        // Dropping `stop` disconnects the channel's stop mailbox: a late join exits silently.
-        drop(spawned.stop);
+        // Dropping the inbox sender tells a late join to exit silently.
+        drop(spawned.tx);
         self.retired.insert(id, spawned.thread);
         None
     }
@@ -379,10 +392,31 @@ impl Socket {
         self.conn.send_message(&Outgoing::reply(join_ref, ref_, topic, status, p));
     }
 
-    /// Handles every exit notice already queued, without waiting.
+    /// Handles every notice already queued, without waiting.
     fn reap_exits(&mut self) {
-        while let Ok(id) = self.exits_rx.try_recv() {
-            self.exited(id);
+        while let Ok(notice) = self.notices.try_recv() {
+            self.notice(notice);
+        }
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Exited(id) => self.exited(id),
+            // The outcome of a join we stopped waiting for: that channel exits on its own.
+            Notice::Joined(..) => {}
+        }
+    }
+
+    /// Waits for the outcome of channel `id`'s join, handling other notices meanwhile. A
+    /// channel always reports its outcome before its exit; None when the timeout passes.
+    fn wait_join(&mut self, id: u64, timeout: Duration) -> Option<JoinOutcome> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.notices.recv_deadline(deadline) {
+                Ok(Notice::Joined(n, outcome)) if n == id => return Some(outcome),
+                Ok(notice) => self.notice(notice),
+                Err(_) => return None,
+            }
         }
     }
 
@@ -390,8 +424,8 @@ impl Socket {
     fn wait_exit(&mut self, id: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.retired.contains_key(&id) {
-            match self.exits_rx.recv_deadline(deadline) {
-                Ok(exited) => self.exited(exited),
+            match self.notices.recv_deadline(deadline) {
+                Ok(notice) => self.notice(notice),
                 Err(_) => return false,
             }
         }
@@ -417,15 +451,15 @@ impl Socket {
             _ => Stop::Closed,
         };
         for (_, joined) in self.channels.drain() {
-            let _ = joined.stop.try_send(stop);
+            joined.control.force_send(channel::Msg::Stop(stop));
             self.retired.insert(joined.id, joined.thread);
         }
         self.close_websocket(ws, end);
         self.conn.shared.shutdown_tcp();
         let deadline = Instant::now() + self.endpoint.config.shutdown_timeout / 2;
         while !self.retired.is_empty() {
-            match self.exits_rx.recv_deadline(deadline) {
-                Ok(id) => self.exited(id),
+            match self.notices.recv_deadline(deadline) {
+                Ok(notice) => self.notice(notice),
                 Err(_) => break,
             }
         }
@@ -463,7 +497,9 @@ impl Socket {
 fn linger(ws: &mut WebSocket<WsStream>) {
     use std::io::Read;
     let deadline = Instant::now() + LINGER;
-    let mut buf = [0u8; 4096];
+    // On the heap: a 4 KiB array here would be inlined into `run`'s frame and sit below every
+    // read for the connection's whole life, one more resident stack page per connection.
+    let mut buf = vec![0u8; 4096];
     let mut total = 0;
     let tcp = ws.get_mut();
     while total < LINGER_BYTES {
