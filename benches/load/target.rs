@@ -434,7 +434,7 @@ fn is_root() -> bool {
 
 /// Threads the server needs for `conns` joined connections, with headroom.
 pub fn threads_needed(conns: usize) -> u64 {
-    3 * conns as u64 + 200
+    2 * conns as u64 + 200
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, checks (as root: raises) the kernel
