@@ -3,8 +3,9 @@
 //!
 //! Runs on: the `pubsub` thread (`registry::run`); `PubSub` handles are used from any thread.
 //! Messages: `Msg::{Subscribe, Unsubscribe, Broadcast, Stop}`.
-//! **Invariant:** the registry never blocks on a send. Fastlane frames are `try_send`; a full
-//! outbox evicts that connection (slow consumer), never delays the others.
+//! **Invariant:** the registry never blocks on a client. Fastlane frames are written with one
+//! non-blocking send (`ConnShared::send`); a client too far behind is evicted (slow consumer),
+//! never waited for.
 
 mod registry;
 
