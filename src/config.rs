@@ -49,6 +49,8 @@ pub struct Config {
     pub channel_stack_bytes: usize,
     /// tungstenite's per-connection read buffer (its default is 128 KiB).
     pub read_buffer_bytes: usize,
+    /// Threads that send the frames connections' own threads produce (`socket/writer.rs`).
+    pub writer_threads: usize,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             flusher_stack_bytes: 64 * 1024,
             channel_stack_bytes: 256 * 1024,
             read_buffer_bytes: 1024,
+            writer_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Runs on: the caller's thread (start/shutdown) and the `ws-accept` thread.
 //! Shutdown order: stop accepting → ask every connection to close with 1012 (each stops its
 //! channels, then closes its WebSocket, then joins its threads) → wait, bounded, until every
-//! connection thread has ended → stop the PubSub registry.
+//! connection thread has ended → stop the writer pool → stop the PubSub registry.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -22,6 +22,7 @@ use crate::process;
 use crate::pubsub::{PubSub, PubSubProcess};
 use crate::socket::conn::{CloseReason, ConnShared, OutLimits};
 use crate::socket::transport::{ConnectFn, Connected};
+use crate::socket::writer::WriterPool;
 use crate::socket::{self, Endpoint};
 
 /// Live connections, for shutdown and the connection limit.
@@ -72,6 +73,7 @@ impl Drop for ConnGuard {
 pub struct ServerHandle {
     ws_addr: SocketAddr,
     pubsub: Option<PubSubProcess>,
+    writers: Arc<WriterPool>,
     connections: Arc<Connections>,
     stopping: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
@@ -101,20 +103,35 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     }
     let ws_addr = listener.local_addr()?;
     let pubsub = PubSubProcess::start(config.registry_mailbox)?;
+    // Each writer mailbox holds at most one entry per connection (`socket/writer.rs`).
+    let writers = match WriterPool::start(config.writer_threads, config.max_connections + 64) {
+        Ok(writers) => Arc::new(writers),
+        Err(e) => {
+            pubsub.stop();
+            return Err(e);
+        }
+    };
     let shutdown_timeout = config.shutdown_timeout;
     let endpoint = Arc::new(Endpoint { config, router, connect, pubsub: pubsub.pubsub.clone() });
     let connections = Arc::new(Connections::default());
     let stopping = Arc::new(AtomicBool::new(false));
-    let acceptor = {
-        let (connections, stopping) = (connections.clone(), stopping.clone());
-        process::spawn("ws-accept".into(), 256 * 1024, move || {
-            accept_loop(listener, endpoint, connections, stopping)
-        })?
+    let (conns, stop, pool) = (connections.clone(), stopping.clone(), writers.clone());
+    let spawned = process::spawn("ws-accept".into(), 256 * 1024, move || {
+        accept_loop(listener, endpoint, pool, conns, stop)
+    });
+    let acceptor = match spawned {
+        Ok(handle) => handle,
+        Err(e) => {
+            writers.stop();
+            pubsub.stop();
+            return Err(e);
+        }
     };
     log::info!("websocket listening on {ws_addr}");
     Ok(ServerHandle {
         ws_addr,
         pubsub: Some(pubsub),
+        writers,
         connections,
         stopping,
         acceptor: Some(acceptor),
@@ -152,6 +169,7 @@ impl ServerHandle {
         }
         // Connection threads are detached (see `admit`); each drops its guard as its last act.
         let clean = self.connections.wait_empty(deadline);
+        self.writers.stop();
         if let Some(pubsub) = self.pubsub.take() {
             pubsub.stop();
         }
@@ -176,6 +194,7 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 fn accept_loop(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
+    writers: Arc<WriterPool>,
     connections: Arc<Connections>,
     stopping: Arc<AtomicBool>,
 ) {
@@ -194,7 +213,7 @@ fn accept_loop(
             }
         };
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        admit(tcp, id, &endpoint, &connections);
+        admit(tcp, id, &endpoint, &writers, &connections);
     }
 }
 
@@ -207,7 +226,13 @@ const HANDSHAKE_STACK_BYTES: usize = 2 << 20;
 
 /// Starts the socket process for one accepted stream, or refuses it with 503 when the server
 /// is at its connection limit or out of threads.
-fn admit(tcp: TcpStream, id: u64, endpoint: &Arc<Endpoint>, connections: &Arc<Connections>) {
+fn admit(
+    tcp: TcpStream,
+    id: u64,
+    endpoint: &Arc<Endpoint>,
+    writers: &WriterPool,
+    connections: &Arc<Connections>,
+) {
     let Ok(peer) = tcp.peer_addr() else { return };
     let _ = tcp.set_nodelay(true);
     // One file descriptor per connection, shared by its threads (`&TcpStream` reads and
@@ -217,7 +242,7 @@ fn admit(tcp: TcpStream, id: u64, endpoint: &Arc<Endpoint>, connections: &Arc<Co
         max_pending_bytes: endpoint.config.outbound_queue_bytes,
         flusher_stack_bytes: endpoint.config.flusher_stack_bytes,
     };
-    let shared = Arc::new(ConnShared::new(id, tcp.clone(), limits));
+    let shared = Arc::new(ConnShared::new(id, tcp.clone(), limits, writers.for_connection(id)));
     {
         let mut table = connections.table.lock();
         if table.len() >= endpoint.config.max_connections {

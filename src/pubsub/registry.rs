@@ -67,7 +67,7 @@ fn dispatch(topic: &Topic, broadcast: &Arc<Broadcast>, from: Option<SubId>) {
                 if !intercepts.iter().any(|e| *e == broadcast.event) =>
             {
                 if let Some(frame) = frames.get(conn.vsn) {
-                    conn.send(Chunk::Shared(frame));
+                    conn.send_direct(Chunk::Shared(frame));
                 }
                 let _ = tx; // the channel process is bypassed: that is the point of fastlane
             }

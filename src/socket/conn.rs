@@ -1,21 +1,29 @@
-//! A connection's outbound side: frames are written straight to the TCP stream by whichever
-//! thread produces them (the socket, a channel, the PubSub registry), and a short-lived
-//! flusher thread exists only while a client is behind.
+//! A connection's outbound side: frames reach the TCP stream in order, written by the PubSub
+//! registry directly (fastlane broadcasts) or by the writer pool (`writer.rs`) for frames the
+//! connection's own threads produce; a short-lived flusher thread exists only while a client
+//! is behind.
 //!
 //! Why no writer thread per connection: at 19k connections a dedicated writer was 19k more
-//! threads (a kernel stack and task_struct each) and, worse, one futex wake per frame: a
-//! broadcast to 10k subscribers meant 10k thread wakes. Now a frame costs one non-blocking
-//! `send(MSG_DONTWAIT)` under the connection's lock, and nothing else.
+//! threads (a kernel stack and task_struct each) and one futex wake per frame: a broadcast to
+//! 10k subscribers meant 10k thread wakes. Now a broadcast costs one non-blocking
+//! `send(MSG_DONTWAIT)` per subscriber from the registry thread, under the connection's lock.
 //!
-//! Runs on: any thread holding a `ConnHandle`, plus `ws-flush-<id>` while the client is behind.
-//! **Invariants:** frames never interleave and keep their order: a sender writes directly only
-//! when nothing is pending and no flusher owns the stream, all under `OutState`'s lock;
-//! otherwise it appends to `pending`, which only the flusher (or the closing socket thread)
-//! drains. Senders never block: more than `max_pending_bytes` behind marks the client a slow
+//! Why the socket and channel threads hand their frames over instead of writing them: Linux
+//! gives each thread that sends on a TCP socket a 32 KiB page fragment (`task_frag`) that it
+//! keeps until the thread exits. Two writing threads per connection pinned 64 KiB of kernel
+//! memory per connection, more than both their kernel stacks (see `writer.rs`).
+//!
+//! Runs on: any thread holding a `ConnHandle`, a `ws-write-<n>` writer, and `ws-flush-<id>`
+//! while the client is behind.
+//! **Invariants:** frames never interleave and keep their order: bytes reach the stream only
+//! under `OutState`'s lock (non-blocking sends), or from the one flusher that owns the stream
+//! (`draining`), or from `finish` after the flusher is done. Whenever `pending` is not empty,
+//! the connection is queued at a writer (`queued`) or a flusher is draining it, so nothing is
+//! stranded. Senders never block: more than `max_pending_bytes` behind marks the client a slow
 //! consumer and the connection is cut, which wakes all of its threads.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,11 +32,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use socket2::SockRef;
 
+use super::writer::WriterSender;
 use crate::process;
 use crate::protocol::{Outgoing, Vsn};
 
 /// Most bytes the flusher gathers from `pending` into one `write` call.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Most frames a writer passes to one vectored `send`.
+const WRITE_BATCH_FRAMES: usize = 64;
 
 /// One complete WebSocket frame (or several, from tungstenite's own control replies).
 pub(crate) enum Chunk {
@@ -92,8 +103,10 @@ struct OutState {
     pending: VecDeque<Chunk>,
     offset: usize,
     pending_bytes: usize,
-    /// A flusher thread (or the closing socket thread) owns writing; others append.
+    /// A flusher thread owns writing; others append.
     draining: bool,
+    /// The connection is in a writer's queue; the writer will send `pending`.
+    queued: bool,
     /// The connection is ending: no new frames are accepted.
     closed: bool,
     /// A write failed or timed out; nothing more will reach the client.
@@ -110,10 +123,12 @@ pub(crate) struct ConnShared {
     /// Signalled when a flusher stops draining.
     drained: Condvar,
     limits: OutLimits,
+    /// The writer this connection's handed-over frames go to.
+    writer: WriterSender,
 }
 
 impl ConnShared {
-    pub fn new(id: u64, tcp: Arc<TcpStream>, limits: OutLimits) -> ConnShared {
+    pub fn new(id: u64, tcp: Arc<TcpStream>, limits: OutLimits, writer: WriterSender) -> Self {
         ConnShared {
             id,
             tcp,
@@ -121,6 +136,7 @@ impl ConnShared {
             out: Mutex::new(OutState::default()),
             drained: Condvar::new(),
             limits,
+            writer,
         }
     }
 
@@ -147,25 +163,52 @@ impl ConnShared {
         let _ = self.tcp.shutdown(Shutdown::Both);
     }
 
-    /// Sends one frame, in order with every other, without blocking. False if the connection
-    /// is ending, broken, or was just cut as a slow consumer.
+    /// Queues one frame for this connection's writer, in order with every other frame; never
+    /// blocks. For the connection's own threads (socket, channels), which must not write to
+    /// the stream themselves (module doc). False if the connection is ending, broken, or was
+    /// just cut as a slow consumer.
     pub fn send(self: &Arc<Self>, chunk: Chunk) -> bool {
+        let mut st = self.out.lock();
+        if st.closed || st.broken || !self.append(&mut st, chunk) {
+            return false;
+        }
+        if st.queued || st.draining {
+            return true;
+        }
+        st.queued = true;
+        drop(st);
+        if let Err(e) = self.writer.push(self.clone()) {
+            log::debug!("conn {}: writer unavailable ({e}), writing directly", self.id);
+            return self.write_without_writer();
+        }
+        true
+    }
+
+    /// Only when the pool has stopped (a connection outliving shutdown's deadline): write from
+    /// this thread rather than strand the frame. Kept out of line so that `send`, which runs
+    /// on every connection thread, does not carry `write_pending`'s 1 KiB frame (an extra
+    /// resident stack page per thread).
+    #[cold]
+    #[inline(never)]
+    fn write_without_writer(self: &Arc<Self>) -> bool {
+        let mut st = self.out.lock();
+        st.queued = false;
+        self.write_pending(&mut st)
+    }
+
+    /// Writes one frame now if nothing is queued before it, else queues it behind the others;
+    /// never blocks. For the PubSub registry (fastlane) and other long-lived shared threads.
+    pub fn send_direct(self: &Arc<Self>, chunk: Chunk) -> bool {
         let mut st = self.out.lock();
         if st.closed || st.broken {
             return false;
         }
-        if st.draining || !st.pending.is_empty() {
-            return self.append(st, chunk);
+        if st.queued || st.draining || !st.pending.is_empty() {
+            return self.append(&mut st, chunk);
         }
         let written = match send_nonblocking(&self.tcp, chunk.bytes()) {
             Ok(n) => n,
-            Err(e) => {
-                log::debug!("conn {}: write failed: {e}", self.id);
-                st.broken = true;
-                drop(st);
-                self.close(CloseReason::SlowConsumer);
-                return false;
-            }
+            Err(e) => return self.write_failed(&mut st, &e),
         };
         if written == chunk.bytes().len() {
             return true;
@@ -177,11 +220,44 @@ impl ConnShared {
         self.start_flusher(&mut st)
     }
 
-    fn append(&self, mut st: parking_lot::MutexGuard<'_, OutState>, chunk: Chunk) -> bool {
+    /// The writer's job: send everything queued, without blocking. What the kernel will not
+    /// take yet is left to a flusher.
+    pub(super) fn write_queued(self: &Arc<Self>) {
+        let mut st = self.out.lock();
+        st.queued = false;
+        // A flusher owns the stream, or `finish` is taking over: they write what is pending.
+        if st.draining || st.closed || st.broken {
+            return;
+        }
+        self.write_pending(&mut st);
+    }
+
+    /// Vectored non-blocking sends of `pending` until it is empty or the kernel's buffer is
+    /// full (then a flusher takes over). Called with the lock held, so nothing interleaves.
+    fn write_pending(self: &Arc<Self>, st: &mut OutState) -> bool {
+        while !st.pending.is_empty() {
+            match send_pending_once(&self.tcp, st) {
+                Ok(0) => return self.start_flusher(st),
+                Ok(n) => advance(st, n),
+                Err(e) => return self.write_failed(st, &e),
+            }
+        }
+        true
+    }
+
+    fn write_failed(&self, st: &mut OutState, e: &io::Error) -> bool {
+        log::debug!("conn {}: write failed: {e}", self.id);
+        st.broken = true;
+        self.close(CloseReason::SlowConsumer);
+        false
+    }
+
+    /// Appends to `pending`, or cuts the connection if that would put the client more than
+    /// `max_pending_bytes` behind.
+    fn append(&self, st: &mut OutState, chunk: Chunk) -> bool {
         let len = chunk.bytes().len();
         if st.pending_bytes + len > self.limits.max_pending_bytes {
             st.broken = true;
-            drop(st);
             log::warn!("conn {}: client too far behind, disconnecting slow consumer", self.id);
             self.close(CloseReason::SlowConsumer);
             return false;
@@ -286,6 +362,46 @@ fn take_batch(st: &mut OutState, batch: &mut Vec<u8>) {
     }
 }
 
+/// One vectored `send` of the first `WRITE_BATCH_FRAMES` pending frames that never blocks.
+/// Returns how many bytes the kernel took; 0 when its buffer is full. Out of line: its 1 KiB
+/// slice array stays off the stacks of callers that do not reach it.
+#[inline(never)]
+fn send_pending_once(tcp: &TcpStream, st: &OutState) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); WRITE_BATCH_FRAMES];
+    let mut count = 0;
+    for (i, chunk) in st.pending.iter().take(WRITE_BATCH_FRAMES).enumerate() {
+        let skip = if i == 0 { st.offset } else { 0 };
+        slices[i] = IoSlice::new(&chunk.bytes()[skip..]);
+        count = i + 1;
+    }
+    let sock = SockRef::from(tcp);
+    loop {
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        match sock.send_vectored_with_flags(&slices[..count], flags) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Drops the first `n` pending bytes (whole frames, then a prefix of the next).
+fn advance(st: &mut OutState, mut n: usize) {
+    st.pending_bytes -= n;
+    while let Some(front) = st.pending.front() {
+        let left = front.bytes().len() - st.offset;
+        if n < left {
+            st.offset += n;
+            return;
+        }
+        n -= left;
+        st.offset = 0;
+        st.pending.pop_front();
+    }
+}
+
 /// One `send` that never blocks (the stream itself stays blocking for the socket's reads).
 /// Returns how many bytes the kernel took; 0 when its buffer is full.
 fn send_nonblocking(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
@@ -311,9 +427,14 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
-    /// Sends a complete frame without blocking; see `ConnShared::send`.
+    /// Hands a complete frame to the connection's writer; see `ConnShared::send`.
     pub fn send(&self, chunk: Chunk) -> bool {
         self.shared.send(chunk)
+    }
+
+    /// Writes a complete frame from the calling thread; see `ConnShared::send_direct`.
+    pub fn send_direct(&self, chunk: Chunk) -> bool {
+        self.shared.send_direct(chunk)
     }
 
     /// Encodes and sends a message. Messages this connection's serializer cannot carry

@@ -13,6 +13,7 @@
 
 pub(crate) mod conn;
 pub mod transport;
+pub(crate) mod writer;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
