@@ -217,13 +217,6 @@ fn accept_loop(
     }
 }
 
-/// Stack of the short-lived handshake thread. The upgrade (HTTP parsing with a 124-header
-/// array, the `http` crate's request, our connect callback) touches ~16 KiB of stack; done on
-/// the socket thread, those pages would stay resident for the connection's whole life. On its
-/// own thread they are returned when it exits. More than 4x the largest long-lived stack, so
-/// glibc's stack cache never hands a dirty handshake stack to a socket or channel thread.
-const HANDSHAKE_STACK_BYTES: usize = 2 << 20;
-
 /// Starts the socket process for one accepted stream, or refuses it with 503 when the server
 /// is at its connection limit or out of threads.
 fn admit(
@@ -256,19 +249,12 @@ fn admit(
     }
     let guard = ConnGuard { id, connections: connections.clone() };
     let endpoint = endpoint.clone();
-    // Both threads are detached: a joinable thread that has ended keeps its whole stack until
-    // someone joins it, and nobody waits on a connection. Shutdown waits for the guards instead.
-    let spawned = process::spawn(format!("ws-hs-{id}"), HANDSHAKE_STACK_BYTES, move || {
-        let Some(upgraded) = socket::handshake(&endpoint, tcp, peer, &shared) else { return };
-        let stack = endpoint.config.socket_stack_bytes;
-        let started = process::spawn(format!("ws-{id}"), stack, move || {
-            let _guard = guard;
-            socket::run(endpoint, upgraded, shared);
-        });
-        // On failure the closure, with the guard and the stream, is dropped: the slot is freed.
-        if let Err(e) = started {
-            log::error!("conn {id}: cannot start its socket thread: {e}");
-        }
+    let stack = endpoint.config.socket_stack_bytes;
+    // Detached: a joinable thread that has ended keeps its whole stack until someone joins it,
+    // and nobody waits on a connection. Shutdown waits for the guards instead.
+    let spawned = process::spawn(format!("ws-{id}"), stack, move || {
+        let _guard = guard;
+        socket::serve(endpoint, tcp, peer, shared);
     });
     if let Err(e) = spawned {
         // The guard moved into the closure was dropped with it, freeing the slot.

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -31,6 +31,49 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Request path with query, e.g. `/socket/websocket?vsn=2.0.0`.
     pub path: String,
+}
+
+/// Source addresses the generator spreads loopback connections over: 127.0.0.2 to 127.0.0.251.
+const SOURCE_IPS: u32 = 250;
+/// Source ports used with each of them (10000..60000).
+const SOURCE_PORTS: (u32, u32) = (10_000, 60_000);
+
+/// The next source address for a connection to `target`, or `None` to let the kernel pick.
+///
+/// Why: every client here shares one kernel with the server. With one source address, each
+/// `connect()` makes the kernel search the ephemeral port range for a port whose 4-tuple is
+/// free (`__inet_hash_connect`), and that search grows with the connections already open: past
+/// 10k connections it was over half of the machine's CPU (perf), and the measured join rate
+/// was the generator's, not the server's. An explicit, distinct (address, port) per connection
+/// is one hash lookup. Only for IPv4 loopback targets, as all of 127.0.0.0/8 is local.
+fn source_address(target: SocketAddr) -> Option<SocketAddr> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let IpAddr::V4(ip) = target.ip() else { return None };
+    if !ip.is_loopback() {
+        return None;
+    }
+    // Start where the previous run in this second is unlikely to have left off.
+    let n = NEXT.fetch_add(1, Relaxed) + u64::from(std::process::id()) * 7919;
+    let ports = u64::from(SOURCE_PORTS.1 - SOURCE_PORTS.0);
+    let host = 2 + (n % u64::from(SOURCE_IPS)) as u8;
+    let port = SOURCE_PORTS.0 as u64 + (n / u64::from(SOURCE_IPS)) % ports;
+    Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), port as u16))
+}
+
+/// Binds `sock` to the next free source address (a few tries: a socket of an earlier run may
+/// still hold one), or leaves it unbound for targets that are not IPv4 loopback.
+fn bind_source(sock: &socket2::Socket, target: SocketAddr) -> std::io::Result<()> {
+    let mut last = None;
+    for _ in 0..8 {
+        let Some(source) = source_address(target) else { return Ok(()) };
+        sock.set_reuse_address(true)?;
+        match sock.bind(&source.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one try"))
 }
 
 /// One connection to open.
@@ -325,6 +368,7 @@ impl Driver {
         if spec.small_rcvbuf {
             sock.set_recv_buffer_size(4096)?;
         }
+        bind_source(&sock, self.target.addr)?;
         match sock.connect(&self.target.addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {}

@@ -12,6 +12,7 @@
 //! duplicate join, leave, stale `join_ref`, unmatched topic, channel limit.
 
 pub(crate) mod conn;
+mod http1;
 pub mod transport;
 pub(crate) mod writer;
 
@@ -94,19 +95,34 @@ pub(crate) struct Upgraded {
     session: Session,
 }
 
-/// The HTTP upgrade, on the short-lived `ws-hs-<id>` thread (see `server::admit` for why it is
-/// not the socket thread). None if the client was refused or vanished.
-pub(crate) fn handshake(
+/// Entry point of the `ws-<id>` thread: the HTTP upgrade, then the connection's whole life.
+///
+/// This frame stays on the stack under `run` for the connection's life, so it holds only a
+/// pointer: the upgrade happens in its own out-of-line frame, and its result is boxed. (Inlined,
+/// it was 1.2 KiB and made one more stack page resident per connection.)
+pub(crate) fn serve(
+    endpoint: Arc<Endpoint>,
+    tcp: Arc<TcpStream>,
+    peer: SocketAddr,
+    shared: Arc<ConnShared>,
+) {
+    if let Some(upgraded) = handshake(&endpoint, tcp, peer, &shared) {
+        run(endpoint, upgraded, shared);
+    }
+}
+
+/// The HTTP upgrade (`transport::accept`). None if the client was refused or vanished.
+#[inline(never)]
+fn handshake(
     endpoint: &Endpoint,
     tcp: Arc<TcpStream>,
     peer: SocketAddr,
-    shared: &ConnShared,
-) -> Option<Upgraded> {
+    shared: &Arc<ConnShared>,
+) -> Option<Box<Upgraded>> {
     let config = &endpoint.config;
-    let _ = tcp.set_read_timeout(Some(config.handshake_timeout));
     let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
-    match transport::accept(tcp, peer, config, &endpoint.connect) {
-        Ok((ws, session)) => Some(Upgraded { ws, session }),
+    match transport::accept(tcp, shared, peer, config, &endpoint.connect) {
+        Ok((ws, session)) => Some(Box::new(Upgraded { ws, session })),
         Err(HandshakeFailure::Refused(status)) => {
             log::info!("conn {}: upgrade refused with {status}", shared.id);
             None
@@ -118,9 +134,10 @@ pub(crate) fn handshake(
     }
 }
 
-/// Entry point of the `ws-<id>` thread: serve the connection, then tear it down.
-pub(crate) fn run(endpoint: Arc<Endpoint>, upgraded: Upgraded, shared: Arc<ConnShared>) {
-    let Upgraded { mut ws, session } = upgraded;
+/// Serves an upgraded connection, then tears it down.
+#[inline(never)]
+fn run(endpoint: Arc<Endpoint>, upgraded: Box<Upgraded>, shared: Arc<ConnShared>) {
+    let Upgraded { mut ws, session } = *upgraded;
     let conn = attach_outbound(&endpoint, &mut ws, &shared, session.vsn);
     let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
     // Unbounded but bounded by construction: each channel thread sends exactly one exit, and
@@ -143,8 +160,7 @@ pub(crate) fn run(endpoint: Arc<Endpoint>, upgraded: Upgraded, shared: Arc<ConnS
     socket.teardown(&mut ws, end);
 }
 
-/// Switches the stream from the handshake's timeouts to the connection's and routes
-/// tungstenite's own writes (pongs, close replies) through the ordered outbound side.
+/// Switches the stream from the handshake's timeouts to the connection's.
 fn attach_outbound(
     endpoint: &Endpoint,
     ws: &mut WebSocket<WsStream>,
@@ -155,7 +171,6 @@ fn attach_outbound(
     let tcp = ws.get_ref().tcp();
     let _ = tcp.set_read_timeout(Some(config.idle_timeout));
     let _ = tcp.set_write_timeout(Some(config.write_timeout));
-    ws.get_mut().attach(shared.clone());
     ConnHandle { shared: shared.clone(), vsn }
 }
 

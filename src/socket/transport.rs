@@ -2,21 +2,23 @@
 //! stream adapter that lets tungstenite read on the socket thread while its writes go through
 //! the connection's ordered outbound side (`conn.rs`).
 //!
-//! **Invariant:** the only file that imports tungstenite's handshake; it turns a TCP stream into a
+//! **Invariant:** the only file that decides an upgrade; it turns a TCP stream into a
 //! `WebSocket<WsStream>` plus the `Session` the connect callback produced, or refuses it with the
-//! HTTP status Phoenix would use (404 wrong path, 403 refused/bad vsn/bad origin).
+//! HTTP status Phoenix would use (404 wrong path, 400 not a GET or not a valid upgrade, 403
+//! refused/bad vsn/bad origin, 431 head too large), in Phoenix's order (module `upgrade`).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Instant;
 
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::http::{HeaderValue, StatusCode};
-use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{HandshakeError, WebSocket};
+use tungstenite::WebSocket;
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::conn::{Chunk, ConnShared};
+use super::http1::{self, HeadError, RequestHead};
 use crate::channel::Assigns;
 use crate::config::Config;
 use crate::protocol::Vsn;
@@ -64,20 +66,16 @@ pub(crate) struct Session {
     pub socket_id: Option<String>,
 }
 
-/// The stream tungstenite drives: reads come from the TCP stream, writes (pongs and close
-/// replies) are collected and, once the outbox is attached, sent in order with every other
-/// frame of the connection. Before that (during the handshake) they go straight to the stream.
+/// The stream tungstenite drives: reads come from the TCP stream; its writes (pongs and close
+/// replies) are collected and sent, in order with every other frame of the connection, through
+/// the connection's outbound side.
 pub(crate) struct WsStream {
     tcp: Arc<TcpStream>,
-    outbox: Option<Arc<ConnShared>>,
+    outbox: Arc<ConnShared>,
     pending: Vec<u8>,
 }
 
 impl WsStream {
-    pub fn attach(&mut self, outbox: Arc<ConnShared>) {
-        self.outbox = Some(outbox);
-    }
-
     pub fn tcp(&self) -> &Arc<TcpStream> {
         &self.tcp
     }
@@ -91,22 +89,16 @@ impl Read for WsStream {
 
 impl Write for WsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.outbox {
-            None => (&*self.tcp).write(buf),
-            Some(_) => {
-                self.pending.extend_from_slice(buf);
-                Ok(buf.len())
-            }
-        }
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let Some(outbox) = &self.outbox else { return (&*self.tcp).flush() };
         if self.pending.is_empty() {
             return Ok(());
         }
         let bytes = std::mem::take(&mut self.pending);
-        if outbox.send(Chunk::Owned(bytes)) {
+        if self.outbox.send(Chunk::Owned(bytes)) {
             Ok(())
         } else {
             Err(io::ErrorKind::BrokenPipe.into())
@@ -123,94 +115,156 @@ pub(crate) enum HandshakeFailure {
     Failed(String),
 }
 
+/// Reads the upgrade request (within `handshake_timeout`), decides it, and answers: 101 through
+/// the connection's outbound side (so no thread of the connection ever writes to the stream
+/// itself, see `conn.rs`), or an error status written here, as the connection then ends.
 pub(crate) fn accept(
     tcp: Arc<TcpStream>,
+    outbox: &Arc<ConnShared>,
     peer_addr: SocketAddr,
     config: &Config,
     connect: &ConnectFn,
 ) -> Result<(WebSocket<WsStream>, Session), HandshakeFailure> {
+    let deadline = Instant::now() + config.handshake_timeout;
+    let (head, rest) = match http1::read_head(&tcp, deadline) {
+        Ok(read) => read,
+        Err(HeadError::TooLarge) => return Err(refuse(&tcp, 431, "request head too large")),
+        Err(HeadError::Malformed) => return Err(refuse(&tcp, 400, "malformed HTTP request")),
+        Err(e) => return Err(HandshakeFailure::Failed(e.to_string())),
+    };
+    let (headers, session) = match upgrade(&head, peer_addr, config, connect) {
+        Ok(accepted) => accepted,
+        Err(Refusal { status, body }) => return Err(refuse(&tcp, status, body)),
+    };
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    if !outbox.send(Chunk::Owned(http1::response(101, &headers, ""))) {
+        return Err(HandshakeFailure::Failed("stream broke before the upgrade".into()));
+    }
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(0)
         .max_frame_size(Some(config.max_frame_bytes))
         .max_message_size(Some(config.max_frame_bytes));
-    let stream = WsStream { tcp, outbox: None, pending: Vec::new() };
-    let mut session = None;
-    let mut refused = None;
-    let callback = |req: &Request, resp: Response| {
-        let result = upgrade(req, resp, peer_addr, config, connect);
-        match result {
-            Ok((resp, s)) => {
-                session = Some(s);
-                Ok(resp)
-            }
-            Err(status) => {
-                refused = Some(status);
-                Err(error_response(status))
-            }
+    let stream = WsStream { tcp, outbox: outbox.clone(), pending: Vec::new() };
+    let ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(ws_config));
+    Ok((ws, session))
+}
+
+/// Answers a refused upgrade and half-closes. The connection is over, so this thread writes
+/// itself (its TCP page fragment is freed when it exits a moment later). What the client is
+/// still sending (the rest of an oversized head) is read and dropped for a moment first:
+/// closing with unread data would make the kernel reset the connection, and the client could
+/// lose our answer.
+fn refuse(mut tcp: &TcpStream, status: u16, body: &str) -> HandshakeFailure {
+    let _ = tcp.write_all(&http1::response(status, &[], body));
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + REFUSE_LINGER;
+    let mut scratch = vec![0u8; 4096];
+    for _ in 0..REFUSE_LINGER_BYTES / scratch.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+            break;
         }
-    };
-    let result = match tungstenite::accept_hdr_with_config(stream, callback, Some(ws_config)) {
-        Ok(ws) => Ok(ws),
-        Err(HandshakeError::Interrupted(_)) => Err("handshake timed out".to_string()),
-        Err(HandshakeError::Failure(e)) => Err(e.to_string()),
-    };
-    match (result, refused) {
-        (Ok(ws), _) => Ok((ws, session.expect("callback accepted the upgrade"))),
-        (Err(_), Some(status)) => Err(HandshakeFailure::Refused(status)),
-        (Err(why), None) => Err(HandshakeFailure::Failed(why)),
+        match tcp.read(&mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    HandshakeFailure::Refused(status)
+}
+
+/// How long, and how many bytes, a refused client's leftovers are drained.
+const REFUSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+const REFUSE_LINGER_BYTES: usize = 64 * 1024;
+
+/// Extra headers of the 101 response.
+type ResponseHeaders = Vec<(&'static str, String)>;
+
+/// An upgrade refused with `status` and a plain-text `body` (empty, as Phoenix's, for 403/404).
+struct Refusal {
+    status: u16,
+    body: &'static str,
+}
+
+impl From<u16> for Refusal {
+    fn from(status: u16) -> Refusal {
+        Refusal { status, body: "" }
     }
 }
 
-fn error_response(status: u16) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(None);
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-    resp
-}
-
-/// The decision of `Phoenix.Transports.WebSocket.call/2`, in its order: path, origin, params,
-/// vsn, auth token and subprotocols, then the application's connect callback.
+/// The decision of `Phoenix.Transports.WebSocket.call/2`, in its order: path and method,
+/// origin, params, vsn, auth token and subprotocols, the application's connect callback, and
+/// last the upgrade headers themselves (`WebSockAdapter.upgrade`, 400 with the reason).
+/// Returns the extra headers of the 101 response.
 fn upgrade(
-    req: &Request,
-    mut resp: Response,
+    req: &RequestHead,
     peer_addr: SocketAddr,
     config: &Config,
     connect: &ConnectFn,
-) -> Result<(Response, Session), u16> {
-    if req.uri().path() != format!("{}/websocket", config.ws_path.trim_end_matches('/')) {
-        return Err(404);
+) -> Result<(ResponseHeaders, Session), Refusal> {
+    if req.path != format!("{}/websocket", config.ws_path.trim_end_matches('/')) {
+        return Err(404.into());
     }
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if !origin_allowed(header("origin"), &config.check_origin) {
-        log::warn!("refused websocket from {peer_addr}: origin {:?} not allowed", header("origin"));
-        return Err(403);
+    if req.method != "GET" {
+        return Err(Refusal { status: 400, body: "the websocket endpoint only accepts GET" });
     }
-    let mut params = parse_query(req.uri().query().unwrap_or(""));
+    let origin = req.header("origin");
+    if !origin_allowed(origin, &config.check_origin) {
+        log::warn!("refused websocket from {peer_addr}: origin {origin:?} not allowed");
+        return Err(403.into());
+    }
+    let mut params = parse_query(&req.query);
     let vsn = Vsn::negotiate(params.remove("vsn").as_deref()).ok_or(403u16)?;
-    let protocols = Subprotocols::parse(header("sec-websocket-protocol"));
+    let protocols = Subprotocols::parse(req.header("sec-websocket-protocol"));
+    let mut headers = Vec::with_capacity(4);
     if protocols.offered_phoenix {
-        resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("phoenix"));
+        headers.push(("sec-websocket-protocol", "phoenix".to_string()));
     } else if protocols.offered_any {
         // A browser that offered subprotocols fails unless one is selected; we only speak
         // "phoenix" (Phoenix answers 403 here too).
-        return Err(403);
+        return Err(403.into());
     }
     let info = ConnectInfo {
         params,
         auth_token: protocols.auth_token,
         peer_addr,
-        user_agent: header("user-agent").map(str::to_string),
+        user_agent: req.header("user-agent").map(str::to_string),
         x_headers: x_headers(req),
     };
-    let connected = connect(&info).map_err(|r| r.status)?;
-    Ok((resp, Session { vsn, assigns: connected.assigns, socket_id: connected.id }))
+    let connected = connect(&info).map_err(|r| Refusal::from(r.status))?;
+    let key = valid_upgrade(req).map_err(|body| Refusal { status: 400, body })?;
+    headers.push(("upgrade", "websocket".to_string()));
+    headers.push(("connection", "Upgrade".to_string()));
+    headers.push(("sec-websocket-accept", derive_accept_key(key.as_bytes())));
+    Ok((headers, Session { vsn, assigns: connected.assigns, socket_id: connected.id }))
 }
 
-fn x_headers(req: &Request) -> Vec<(String, String)> {
+/// RFC 6455 §4.2.1: the request must be an HTTP/1.1 upgrade to `websocket`, version 13, with a
+/// key of 16 base64-encoded bytes. Returns the key, or why the request is not an upgrade.
+fn valid_upgrade(req: &RequestHead) -> Result<&str, &'static str> {
+    if !req.http11 {
+        return Err("a websocket upgrade needs HTTP/1.1");
+    }
+    if !req.has_token("upgrade", "websocket") {
+        return Err("'upgrade' header must contain 'websocket'");
+    }
+    if !req.has_token("connection", "upgrade") {
+        return Err("'connection' header must contain 'upgrade'");
+    }
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err("'sec-websocket-version' header must be 13");
+    }
+    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
+    if base64_decode(key).map(|k| k.len()) != Some(16) {
+        return Err("'sec-websocket-key' header must be 16 base64-encoded bytes");
+    }
+    Ok(key)
+}
+
+fn x_headers(req: &RequestHead) -> Vec<(String, String)> {
     req.headers()
-        .iter()
-        .filter(|(name, _)| name.as_str().starts_with("x-"))
-        .filter_map(|(name, v)| Some((name.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .filter(|(name, _)| name.starts_with("x-"))
+        .map(|(name, v)| (name.to_string(), v.to_string()))
         .collect()
 }
 

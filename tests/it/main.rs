@@ -7,6 +7,8 @@ mod support;
 
 // The Phoenix wire protocol, case by case, including bad input.
 mod protocol;
+// The HTTP upgrade over raw TCP: refusals, limits, timeouts, a frame sent with the request.
+mod handshake;
 // Channel lifecycle: crashes, interception, async replies, limits, slow consumers, shutdown.
 mod channels;
 // Many connections at once: fan-out to 1,000 sockets and thread accounting.
