@@ -3,7 +3,7 @@
 //! Runs on: `channel-<conn>-<n>` threads. Mailboxes: a small bounded inbox for the client's
 //! messages and a lazily allocated one for everything else (see `Mailboxes`); the socket's stop
 //! request skips that one's capacity check, so it always gets through.
-//! Lifecycle: join (reply written here, then `JoinOutcome` to the waiting socket) → message
+//! Lifecycle: join (reply queued here, then `JoinOutcome` to the waiting socket) → message
 //! loop → exit. The join outcome and the exit reach the socket as `Notice`s on its one
 //! notice mailbox.
 //! **Invariant:** the join reply is queued before any push of the channel, and the channel's

@@ -4,7 +4,7 @@
 //! Runs on: the `pubsub` thread (`registry::run`); `PubSub` handles are used from any thread.
 //! Messages: `Msg::{Subscribe, Unsubscribe, Broadcast, Stop}`.
 //! **Invariant:** the registry never blocks on a client. Fastlane frames are written with one
-//! non-blocking send (`ConnShared::send`); a client too far behind is evicted (slow consumer),
+//! non-blocking send from this thread (`ConnShared::send_direct`); a client too far behind is evicted (slow consumer),
 //! never waited for.
 
 mod registry;

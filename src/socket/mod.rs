@@ -1,9 +1,9 @@
 //! The socket process (`Phoenix.Socket` + the WebSocket transport): one per connection.
 //!
-//! Threads per connection: this one (`ws-<id>`: it performs the handshake, then reads frames
+//! Threads per connection: this one (`ws-<id>`: it performs the upgrade, then reads frames
 //! with blocking reads and owns the connection's routing state) and one per joined channel.
-//! Frames are written by whoever produces them (`conn.rs`); a flusher thread exists only while
-//! the client is behind. The socket never polls: it sleeps in `read` until
+//! Their frames are queued on the connection and sent by a shared writer (`conn.rs`,
+//! `writer.rs`); a flusher thread exists only while the client is behind. The socket never polls: it sleeps in `read` until
 //! the client sends something, the idle timeout passes, or someone shuts the TCP stream to
 //! wake it (`ConnShared::close`). Channel exits arrive on the `notices` mailbox, which is drained
 //! before and after every frame.
