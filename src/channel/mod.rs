@@ -17,7 +17,7 @@ use crate::process::MailboxSender;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{Outgoing, Payload};
-use crate::pubsub::{Broadcast, PubSub, PubSubError, SubId, Subscriber, Target};
+use crate::pubsub::{Broadcast, PubSub, PubSubError, Shared, SubId, Subscriber, Target};
 use crate::socket::conn::ConnHandle;
 
 pub use router::Router;
@@ -120,6 +120,9 @@ pub enum Info {
     Broadcast(Arc<Broadcast>),
     /// Any value sent with `ChannelSender::send`.
     Message(Box<dyn Any + Send>),
+    /// A value published with `PubSub::publish` on a topic this channel subscribed to; every
+    /// subscriber holds the same `Arc`.
+    Shared(Shared),
 }
 
 /// Mailbox messages of a channel process.
@@ -133,6 +136,7 @@ pub(crate) enum Msg {
         ref_: Option<String>,
     },
     Broadcast(Arc<Broadcast>),
+    Shared(Shared),
     Info(Box<dyn Any + Send>),
     /// From the socket, past the capacity check: stop now (`server::Stop`).
     Stop(server::Stop),

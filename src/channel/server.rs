@@ -239,6 +239,7 @@ fn handle(channel: &mut dyn Channel, ctx: &mut ChannelCtx, msg: Msg) -> Flow {
             channel.handle_out(&b.event, b.payload.clone(), ctx)
         }
         Msg::Broadcast(b) => channel.handle_info(Info::Broadcast(b), ctx),
+        Msg::Shared(m) => channel.handle_info(Info::Shared(m), ctx),
         Msg::Info(m) => channel.handle_info(Info::Message(m), ctx),
         Msg::Stop(_) => unreachable!("serve handles stops before dispatch"),
     }

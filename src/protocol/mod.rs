@@ -10,7 +10,9 @@ pub mod v1;
 pub mod v2;
 
 use std::fmt;
+use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::Value;
 
 /// Topic of the socket-level heartbeat (`[null, ref, "phoenix", "heartbeat", {}]`).
@@ -22,11 +24,34 @@ pub const EVENT_REPLY: &str = "phx_reply";
 pub const EVENT_CLOSE: &str = "phx_close";
 pub const EVENT_ERROR: &str = "phx_error";
 
-/// A message payload: JSON, or raw bytes carried in a V2 binary frame.
+/// A message payload: JSON, JSON already encoded, or raw bytes carried in a V2 binary frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     Json(Value),
+    /// JSON encoded once and written verbatim, so one encoding serves many pushes (the
+    /// superheroes lobby sends the same change to every subscriber). Server-side only: client
+    /// payloads always decode to `Json`.
+    JsonText(JsonText),
     Binary(Vec<u8>),
+}
+
+/// A JSON document already encoded. It can only be made by serializing a value, so it is
+/// always valid JSON; cloning shares the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(Arc<str>);
+
+impl JsonText {
+    /// Encodes `value` once.
+    ///
+    /// # Errors
+    /// When `value` cannot be JSON (a map with non-string keys, a failing `Serialize` impl).
+    pub fn encode(value: &impl Serialize) -> Result<JsonText, serde_json::Error> {
+        Ok(JsonText(Arc::from(serde_json::to_string(value)?)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Payload {
@@ -35,12 +60,60 @@ impl Payload {
         Payload::Json(Value::Object(Default::default()))
     }
 
+    /// The payload as a JSON value; `None` for binary and pre-encoded payloads.
     pub fn as_json(&self) -> Option<&Value> {
         match self {
             Payload::Json(v) => Some(v),
-            Payload::Binary(_) => None,
+            Payload::JsonText(_) | Payload::Binary(_) => None,
         }
     }
+
+    /// Appends the payload as JSON; false (nothing written) for a binary payload.
+    fn write_json(&self, out: &mut Vec<u8>) -> bool {
+        match self {
+            Payload::Json(v) => serde_json::to_writer(&mut *out, v).expect("Value to Vec"),
+            Payload::JsonText(t) => out.extend_from_slice(t.as_str().as_bytes()),
+            Payload::Binary(_) => return false,
+        }
+        true
+    }
+}
+
+impl From<JsonText> for Payload {
+    fn from(t: JsonText) -> Payload {
+        Payload::JsonText(t)
+    }
+}
+
+/// Appends `s` as a JSON string, escaped, without an intermediate allocation.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("str to Vec");
+}
+
+fn write_json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Appends a reply's payload, `{"response":…,"status":…}` (keys in the order Phoenix's
+/// encoder writes them); false for a binary response.
+fn write_reply_json(out: &mut Vec<u8>, status: &str, response: &Payload) -> bool {
+    out.extend_from_slice(b"{\"response\":");
+    if !response.write_json(out) {
+        return false;
+    }
+    out.extend_from_slice(b",\"status\":");
+    write_json_str(out, status);
+    out.push(b'}');
+    true
+}
+
+/// Turns bytes written only by the helpers above (serde_json and verbatim `JsonText`) back
+/// into a `String`.
+fn json_string(out: Vec<u8>) -> String {
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 impl From<Value> for Payload {

@@ -4,7 +4,10 @@ use serde_json::json;
 
 use super::*;
 
-fn check_v2_decode(text: &str, expected: Result<(Option<&str>, Option<&str>, &str, &str), &str>) {
+/// `(join_ref, ref, topic, event)` of a decoded message, or a fragment of the error text.
+type Expected<'a> = Result<(Option<&'a str>, Option<&'a str>, &'a str, &'a str), &'a str>;
+
+fn check_v2_decode(text: &str, expected: Expected<'_>) {
     let got = Vsn::V2.decode(Inbound::Text(text));
     match (got, expected) {
         (Ok(m), Ok((jr, r, topic, event))) => {
@@ -104,6 +107,57 @@ fn v1_encode_has_no_join_ref() {
         json!({"topic": "room:1", "event": "phx_reply", "payload": {"status": "ok", "response": {}}, "ref": "1"}),
     );
     assert_eq!(Vsn::V1.encode(&Outgoing::broadcast("t", "e", &Payload::Binary(vec![1]))), None);
+}
+
+/// A pre-encoded payload is written verbatim, and gives the same bytes as the value it encodes,
+/// in pushes, broadcasts and replies, over both serializers.
+#[test]
+fn json_text_payload_is_spliced_verbatim() {
+    let value = json!({"superhero": {"id": 1, "name": "Ann \"Q\" Lee"}, "message_id": "m"});
+    let json = Payload::Json(value.clone());
+    let text = Payload::from(JsonText::encode(&value).unwrap());
+    assert_eq!(text.as_json(), None);
+    let outs = |p| {
+        [
+            Outgoing::push(Some("3"), "superheroes:lobby", "update", p),
+            Outgoing::broadcast("room:1", "e", p),
+            Outgoing::reply(Some("3"), Some("4"), "room:1", "ok", p),
+        ]
+    };
+    for vsn in Vsn::ALL {
+        for (a, b) in outs(&json).iter().zip(outs(&text).iter()) {
+            assert_eq!(vsn.encode(a), vsn.encode(b), "{vsn:?}");
+        }
+    }
+    check_encode(
+        Vsn::V2,
+        Outgoing::push(Some("3"), "superheroes:lobby", "update", &text),
+        json!(["3", null, "superheroes:lobby", "update", value]),
+    );
+    check_encode(
+        Vsn::V1,
+        Outgoing::reply(None, Some("4"), "room:1", "error", &text),
+        json!({"topic": "room:1", "event": "phx_reply", "ref": "4",
+               "payload": {"status": "error", "response": value}}),
+    );
+}
+
+/// Both serializers write keys in a fixed order, byte for byte, as clients and captures expect.
+#[test]
+fn encodings_are_byte_exact() {
+    let p = Payload::Json(json!({"b": 1, "a": "x"}));
+    let text = |e: Option<Encoded>| match e {
+        Some(Encoded::Text(t)) => t,
+        other => panic!("expected text, got {other:?}"),
+    };
+    assert_eq!(
+        text(Vsn::V2.encode(&Outgoing::reply(Some("1"), Some("2"), "r:1", "ok", &p))),
+        r#"["1","2","r:1","phx_reply",{"response":{"a":"x","b":1},"status":"ok"}]"#
+    );
+    assert_eq!(
+        text(Vsn::V1.encode(&Outgoing::push(Some("1"), "r:1", "e\n", &p))),
+        r#"{"event":"e\n","payload":{"a":"x","b":1},"ref":null,"topic":"r:1"}"#
+    );
 }
 
 #[test]

@@ -2,11 +2,11 @@
 //! frame, `{topic, event, payload, ref}` plus an optional `join_ref` from clients. The server never
 //! sends `join_ref` in V1, and V1 has no binary frames.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
-    DecodeError, EVENT_REPLY, Encoded, Inbound, Message, OutKind, Outgoing, Payload, ref_field,
-    string_field,
+    DecodeError, EVENT_REPLY, Encoded, Inbound, Message, OutKind, Outgoing, Payload, json_string,
+    ref_field, string_field, write_json_opt, write_json_str, write_reply_json,
 };
 
 pub fn decode(frame: Inbound<'_>) -> Result<Message, DecodeError> {
@@ -28,18 +28,30 @@ pub fn decode(frame: Inbound<'_>) -> Result<Message, DecodeError> {
     })
 }
 
+/// `{"event":…,"payload":…,"ref":…,"topic":…}` (keys sorted, as this server has always
+/// written them); `None` for binary payloads, which V1 cannot carry.
 pub fn encode(out: &Outgoing<'_>) -> Option<Encoded> {
-    let (event, payload) = match out.kind {
-        OutKind::Event { event, payload: Payload::Json(p) } => (event, p.clone()),
-        OutKind::Reply { status, response: Payload::Json(r) } => {
-            (EVENT_REPLY, serde_json::json!({ "status": status, "response": r }))
+    let mut buf = Vec::with_capacity(128);
+    buf.extend_from_slice(b"{\"event\":");
+    let written = match out.kind {
+        OutKind::Event { event, payload } => {
+            write_json_str(&mut buf, event);
+            buf.extend_from_slice(b",\"payload\":");
+            payload.write_json(&mut buf)
         }
-        _ => return None,
+        OutKind::Reply { status, response } => {
+            write_json_str(&mut buf, EVENT_REPLY);
+            buf.extend_from_slice(b",\"payload\":");
+            write_reply_json(&mut buf, status, response)
+        }
     };
-    let mut obj = Map::with_capacity(4);
-    obj.insert("topic".into(), out.topic.into());
-    obj.insert("event".into(), event.into());
-    obj.insert("payload".into(), payload);
-    obj.insert("ref".into(), out.ref_.map_or(Value::Null, Value::from));
-    Some(Encoded::Text(Value::Object(obj).to_string()))
+    if !written {
+        return None;
+    }
+    buf.extend_from_slice(b",\"ref\":");
+    write_json_opt(&mut buf, out.ref_);
+    buf.extend_from_slice(b",\"topic\":");
+    write_json_str(&mut buf, out.topic);
+    buf.push(b'}');
+    Some(Encoded::Text(json_string(buf)))
 }

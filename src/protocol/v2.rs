@@ -5,7 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    DecodeError, Encoded, Inbound, Message, OutKind, Outgoing, Payload, ref_field, string_field,
+    DecodeError, EVENT_REPLY, Encoded, Inbound, Message, OutKind, Outgoing, Payload, json_string,
+    ref_field, string_field, write_json_opt, write_json_str, write_reply_json,
 };
 
 const KIND_PUSH: u8 = 0;
@@ -71,11 +72,6 @@ fn decode_binary(bytes: &[u8]) -> Result<Message, DecodeError> {
 
 pub fn encode(out: &Outgoing<'_>) -> Encoded {
     match out.kind {
-        OutKind::Event { event, payload: Payload::Json(p) } => Encoded::Text(text(out, event, p)),
-        OutKind::Reply { status, response: Payload::Json(r) } => {
-            let payload = serde_json::json!({ "status": status, "response": r });
-            Encoded::Text(text(out, super::EVENT_REPLY, &payload))
-        }
         OutKind::Event { event, payload: Payload::Binary(b) } => {
             Encoded::Binary(binary_event(out, event, b))
         }
@@ -83,34 +79,30 @@ pub fn encode(out: &Outgoing<'_>) -> Encoded {
             let header = [out.join_ref.unwrap_or(""), out.ref_.unwrap_or(""), out.topic, status];
             Encoded::Binary(binary(KIND_REPLY, &header, b))
         }
+        OutKind::Event { event, payload } => Encoded::Text(text(out, event, |buf| {
+            payload.write_json(buf);
+        })),
+        OutKind::Reply { status, response } => Encoded::Text(text(out, EVENT_REPLY, |buf| {
+            write_reply_json(buf, status, response);
+        })),
     }
 }
 
-fn text(out: &Outgoing<'_>, event: &str, payload: &Value) -> String {
-    let mut s = String::with_capacity(64);
-    s.push('[');
-    push_opt(&mut s, out.join_ref);
-    s.push(',');
-    push_opt(&mut s, out.ref_);
-    s.push(',');
-    push_str(&mut s, out.topic);
-    s.push(',');
-    push_str(&mut s, event);
-    s.push(',');
-    s.push_str(&payload.to_string());
-    s.push(']');
-    s
-}
-
-fn push_opt(s: &mut String, v: Option<&str>) {
-    match v {
-        Some(v) => push_str(s, v),
-        None => s.push_str("null"),
-    }
-}
-
-fn push_str(s: &mut String, v: &str) {
-    s.push_str(&Value::from(v).to_string());
+/// `[join_ref, ref, topic, event, payload]`, written straight into one buffer.
+fn text(out: &Outgoing<'_>, event: &str, payload: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut buf = Vec::with_capacity(128);
+    buf.push(b'[');
+    write_json_opt(&mut buf, out.join_ref);
+    buf.push(b',');
+    write_json_opt(&mut buf, out.ref_);
+    buf.push(b',');
+    write_json_str(&mut buf, out.topic);
+    buf.push(b',');
+    write_json_str(&mut buf, event);
+    buf.push(b',');
+    payload(&mut buf);
+    buf.push(b']');
+    json_string(buf)
 }
 
 /// Server pushes without a ref use kind 0; broadcasts (no join_ref, no ref) use kind 2.

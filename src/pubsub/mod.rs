@@ -9,6 +9,7 @@
 
 mod registry;
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -29,6 +30,10 @@ pub struct Broadcast {
     pub event: String,
     pub payload: Payload,
 }
+
+/// Any value published to channels with `PubSub::publish` (`Phoenix.PubSub.broadcast/3` with a
+/// term): every subscribed channel gets the same `Arc`.
+pub type Shared = Arc<dyn Any + Send + Sync>;
 
 /// Identity of one subscription, used to unsubscribe and to exclude the sender in
 /// `broadcast_from`.
@@ -67,6 +72,7 @@ pub(crate) enum Msg {
     Subscribe { topic: String, sub: Subscriber },
     Unsubscribe { topic: String, id: SubId },
     Broadcast { broadcast: Arc<Broadcast>, from: Option<SubId> },
+    Publish { topic: String, message: Shared },
     Stop,
 }
 
@@ -135,7 +141,7 @@ impl PubSub {
     /// Sends `event` with `payload` to every subscriber of `topic`, including the caller's own
     /// channel if it is subscribed.
     pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) -> Result<(), PubSubError> {
-        self.publish(topic, event, payload, None)
+        self.send_broadcast(topic, event, payload, None)
     }
 
     /// Like `broadcast`, but skips the subscription `from` (the sending channel).
@@ -146,7 +152,16 @@ impl PubSub {
         event: &str,
         payload: Payload,
     ) -> Result<(), PubSubError> {
-        self.publish(topic, event, payload, Some(from))
+        self.send_broadcast(topic, event, payload, Some(from))
+    }
+
+    /// Sends any value to every channel subscribed to `topic` (`Phoenix.PubSub.broadcast/3`
+    /// with a term rather than a `%Broadcast{}`). Each channel receives the same `Arc` in
+    /// `handle_info` as `Info::Shared`, so a value decoded or encoded once serves them all.
+    /// Only channels receive it: it is not a client message, so there is no fastlane, and
+    /// `Subscription` mailboxes carry broadcasts only.
+    pub fn publish(&self, topic: &str, message: Shared) -> Result<(), PubSubError> {
+        self.send(Msg::Publish { topic: topic.to_string(), message })
     }
 
     /// Subscribes a bounded mailbox of `capacity` messages to `topic`. When the mailbox is full,
@@ -158,7 +173,7 @@ impl PubSub {
         Ok(Subscription { rx, topic: topic.to_string(), id, pubsub: self.clone() })
     }
 
-    fn publish(
+    fn send_broadcast(
         &self,
         topic: &str,
         event: &str,

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, TrySendError};
 
-use super::{Broadcast, Msg, SubId, Subscriber, Target};
+use super::{Broadcast, Msg, Shared, SubId, Subscriber, Target};
 use crate::channel;
+use crate::process::MailboxSender;
 use crate::protocol::{Outgoing, Vsn};
-use crate::socket::conn::{Chunk, CloseReason};
+use crate::socket::conn::{Chunk, CloseReason, ConnHandle};
 
 /// Subscribers of one topic. The index makes unsubscribe O(1), which matters when 19k
 /// connections leave one topic at once.
@@ -44,6 +45,11 @@ pub(super) fn run(rx: Receiver<Msg>) {
                     dispatch(topic, &broadcast, from);
                 }
             }
+            Msg::Publish { topic, message } => {
+                if let Some(subs) = topics.get(&topic) {
+                    dispatch_shared(subs, &topic, &message);
+                }
+            }
             Msg::Stop => break,
         }
     }
@@ -73,13 +79,7 @@ fn dispatch(topic: &Topic, broadcast: &Arc<Broadcast>, from: Option<SubId>) {
             }
             Target::Channel { tx, fastlane, .. } => {
                 let msg = channel::Msg::Broadcast(broadcast.clone());
-                if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
-                    // A channel that cannot keep up with its broadcasts is a slow consumer too.
-                    if let Some(conn) = fastlane {
-                        conn.shared.close(CloseReason::SlowConsumer);
-                    }
-                    log::warn!("channel mailbox full on {}: broadcast dropped", broadcast.topic);
-                }
+                to_channel(tx, fastlane.as_ref(), msg, &broadcast.topic);
             }
             Target::Socket(conn) if broadcast.event == "disconnect" => {
                 conn.shared.close(CloseReason::Disconnect);
@@ -91,6 +91,31 @@ fn dispatch(topic: &Topic, broadcast: &Arc<Broadcast>, from: Option<SubId>) {
                 }
             }
         }
+    }
+}
+
+/// Delivers a published value to the channels subscribed to `topic`.
+fn dispatch_shared(subs: &Topic, topic: &str, message: &Shared) {
+    for sub in &subs.subs {
+        if let Target::Channel { tx, fastlane, .. } = &sub.target {
+            to_channel(tx, fastlane.as_ref(), channel::Msg::Shared(message.clone()), topic);
+        }
+    }
+}
+
+/// Queues `msg` for a channel process. A channel that cannot keep up with its broadcasts is a
+/// slow consumer too: its connection is closed rather than waited for.
+fn to_channel(
+    tx: &MailboxSender<channel::Msg>,
+    fastlane: Option<&ConnHandle>,
+    msg: channel::Msg,
+    topic: &str,
+) {
+    if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
+        if let Some(conn) = fastlane {
+            conn.shared.close(CloseReason::SlowConsumer);
+        }
+        log::warn!("channel mailbox full on {topic}: message dropped");
     }
 }
 

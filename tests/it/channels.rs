@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use serde_json::{Value, json};
 
 use crate::support::{TestServer, WAIT, WsClient, eventually, test_config, unique_topic};
-use phx_threads::{Channel, ChannelCtx, Config, Flow, HandleIn, Payload, StopReason, server};
+use phx_threads::{Channel, ChannelCtx, Config, Flow, HandleIn, Info, Payload, StopReason, server};
 
 /// Records `(topic, reason)` of every `terminate`.
 struct TestChannel {
@@ -29,6 +29,9 @@ impl Channel for TestChannel {
         }
         if payload["refuse"] == true {
             return Err(json!({"reason": "refused"}).into());
+        }
+        if let Some(follow) = payload["follow"].as_str() {
+            ctx.subscribe(follow).unwrap();
         }
         ctx.push("welcome", json!({"topic": ctx.topic()}));
         Ok(json!({"joined": true}).into())
@@ -66,6 +69,14 @@ impl Channel for TestChannel {
     fn handle_out(&mut self, event: &str, _payload: Payload, ctx: &mut ChannelCtx) -> Flow {
         let join_ref = ctx.join_ref().to_string();
         ctx.push(event, json!({"redacted": true, "for": join_ref}));
+        Flow::Continue
+    }
+
+    fn handle_info(&mut self, info: Info, ctx: &mut ChannelCtx) -> Flow {
+        if let Info::Shared(value) = info {
+            let text = value.downcast_ref::<String>().cloned().unwrap_or_default();
+            ctx.push("shared", json!({ "text": text }));
+        }
         Flow::Continue
     }
 
@@ -305,4 +316,39 @@ fn external_subscribers_receive_broadcasts() {
         ("plain", Payload::Json(json!({"k": "v"})))
     );
     let _ = Arc::clone(&got);
+}
+
+/// `PubSub::publish` hands one value to every channel subscribed to the topic (its own topic or
+/// an extra one), in `handle_info`; the clients hear of it only through what the channel pushes.
+#[test]
+fn published_values_reach_each_subscribed_channel_once() {
+    let (server, _) = start();
+    let pubsub = server.handle().pubsub();
+    let news = unique_topic("news");
+    let (mut a, mut b) = (server.client(), server.client());
+    let topic_a = unique_topic("test");
+    let topic_b = unique_topic("test");
+    let (jr_a, reply) = a.join(&topic_a, json!({ "follow": news }));
+    assert_eq!(reply["status"], "ok");
+    let (jr_b, reply) = b.join(&topic_b, json!({ "follow": news }));
+    assert_eq!(reply["status"], "ok");
+
+    pubsub.publish(&news, Arc::new("first".to_string())).unwrap();
+    pubsub.publish(&topic_a, Arc::new("own topic".to_string())).unwrap();
+    pubsub.publish(&news, Arc::new("second".to_string())).unwrap();
+
+    let texts = |c: &mut WsClient, topic: &str, jr: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let m = c.expect(|m| m[3] == "shared");
+                assert_eq!(
+                    (m[0].as_str(), m[1].is_null(), m[2].as_str()),
+                    (Some(jr), true, Some(topic))
+                );
+                m[4]["text"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(texts(&mut a, &topic_a, &jr_a, 3), ["first", "own topic", "second"]);
+    assert_eq!(texts(&mut b, &topic_b, &jr_b, 2), ["first", "second"]);
 }

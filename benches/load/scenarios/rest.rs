@@ -167,6 +167,7 @@ fn client(
             crate::now_ns()
         );
         let t = Instant::now();
+        let fresh = http.conn.is_none();
         let res = match op {
             0 => http.request("GET", "/api/superheroes", None),
             1 => http.request("POST", "/api/superheroes", Some(&body)),
@@ -176,6 +177,15 @@ fn client(
             }
         };
         let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        if us > 2_000_000 {
+            eprintln!(
+                "rest: client {c}: {} took {:.1} s, started at {:.1} s{}",
+                ["GET", "POST", "PUT"][op],
+                us as f64 / 1e6,
+                (t - t0).as_secs_f64(),
+                if fresh { " on a new connection" } else { "" }
+            );
+        }
         match res {
             Ok((status, resp)) if (200..300).contains(&status) => {
                 r.lat[op].push(us);
