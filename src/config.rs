@@ -51,6 +51,9 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// Threads that send the frames connections' own threads produce (`socket/writer.rs`).
     pub writer_threads: usize,
+    /// A broadcast to at least this many subscribers is handed to the writers, which send it
+    /// on every core; smaller ones the registry writes itself, waking no thread.
+    pub spread_fanout: usize,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             channel_stack_bytes: 256 * 1024,
             read_buffer_bytes: 1024,
             writer_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            spread_fanout: 512,
         }
     }
 }

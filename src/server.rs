@@ -102,7 +102,7 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         Err(e) => log::debug!("futex hash left as is: {e}"),
     }
     let ws_addr = listener.local_addr()?;
-    let pubsub = PubSubProcess::start(config.registry_mailbox)?;
+    let pubsub = PubSubProcess::start(config.registry_mailbox, config.spread_fanout)?;
     // Each writer mailbox holds at most one entry per connection (`socket/writer.rs`).
     let writers = match WriterPool::start(config.writer_threads, config.max_connections + 64) {
         Ok(writers) => Arc::new(writers),

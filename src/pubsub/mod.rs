@@ -124,9 +124,12 @@ pub struct PubSubProcess {
 }
 
 impl PubSubProcess {
-    pub fn start(mailbox: usize) -> io::Result<PubSubProcess> {
+    /// `spread_fanout`: from this many subscribers up, a topic's fastlane frames are queued at
+    /// the connections' writers instead of written by the registry (`Config::spread_fanout`).
+    pub fn start(mailbox: usize, spread_fanout: usize) -> io::Result<PubSubProcess> {
         let (tx, rx) = bounded(mailbox);
-        let thread = process::spawn("pubsub".into(), 256 * 1024, move || registry::run(rx))?;
+        let run = move || registry::run(rx, spread_fanout);
+        let thread = process::spawn("pubsub".into(), 256 * 1024, run)?;
         let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5) };
         Ok(PubSubProcess { pubsub, thread })
     }

@@ -352,3 +352,29 @@ fn published_values_reach_each_subscribed_channel_once() {
     assert_eq!(texts(&mut a, &topic_a, &jr_a, 3), ["first", "own topic", "second"]);
     assert_eq!(texts(&mut b, &topic_b, &jr_b, 2), ["first", "second"]);
 }
+
+/// Broadcasts to big topics are sent by the writers, to small ones by the registry itself; a
+/// client on both still receives every frame in the order the broadcasts were made.
+#[test]
+fn broadcasts_keep_their_order_across_big_and_small_topics() {
+    let mut config = test_config();
+    config.spread_fanout = 2;
+    let (server, _) = start_with(config);
+    let (big, small) = (unique_topic("test"), unique_topic("test"));
+    let mut c = server.client();
+    let mut other = server.client();
+    c.join_ok(&big);
+    c.join_ok(&small);
+    other.join_ok(&big);
+    let pubsub = server.handle().pubsub();
+    for n in 0..300 {
+        let topic = if n % 3 == 0 { &small } else { &big };
+        pubsub.broadcast(topic, "seq", json!({ "n": n }).into()).unwrap();
+    }
+    let got: Vec<u64> =
+        (0..300).map(|_| c.expect(|m| m[3] == "seq")[4]["n"].as_u64().unwrap()).collect();
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
+    let got: Vec<u64> =
+        (0..200).map(|_| other.expect(|m| m[3] == "seq")[4]["n"].as_u64().unwrap()).collect();
+    assert_eq!(got, (0..300).filter(|n| n % 3 != 0).collect::<Vec<_>>());
+}

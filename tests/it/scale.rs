@@ -21,8 +21,9 @@ fn a_thousand_joined_connections_all_receive_a_broadcast_and_threads_return_to_i
             c
         })
         .collect();
-    // A socket thread and one channel thread per joined connection; no writer threads (frames
-    // are written by whoever produces them, a flusher exists only while a client is behind).
+    // A socket thread and one channel thread per joined connection; the writers are a fixed
+    // pool, and a flusher exists only while a client is behind. The broadcast below reaches
+    // 1,000 subscribers, so it also goes through the writers (`Config::spread_fanout`).
     let busy = thread_count().unwrap();
     assert!(
         (idle + 2000..idle + 2050).contains(&busy),
