@@ -511,3 +511,25 @@ fn openapi_operations(yaml: &str) -> BTreeSet<(String, String)> {
     }
     operations
 }
+
+/// Keep-alive clients that connect at the same moment are all served while every one of them
+/// stays connected (tiny_http once queued some of them behind threads already claimed, until
+/// another client disconnected: vendor/tiny_http/PATCHES.md, 5).
+#[test]
+fn keep_alive_clients_connecting_at_once_are_all_served() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let server = TestServer::start(None);
+    let mut clients: Vec<TcpStream> =
+        (0..24).map(|_| TcpStream::connect(server.addr).expect("connect")).collect();
+    for c in &mut clients {
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let response = crate::support::http::read_response(c, false);
+        assert_eq!(response.status, 200, "client {i}");
+    }
+}

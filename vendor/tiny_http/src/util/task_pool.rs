@@ -69,7 +69,12 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // phx-threads patch: a woken thread stays counted in `waiting_tasks` until it has
+        // taken the lock again, so upstream's `== 0` let a burst of connections queue more
+        // tasks than there were waiting threads; the extra ones (each a keep-alive client's
+        // whole connection) then waited until some other connection closed. Spawn a thread
+        // unless an idle one is left over for this task.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
