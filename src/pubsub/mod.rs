@@ -2,10 +2,11 @@
 //! `Phoenix.Channel.Server.dispatch/3`).
 //!
 //! Runs on: the `pubsub` thread (`registry::run`); `PubSub` handles are used from any thread.
-//! Messages: `Msg::{Subscribe, Unsubscribe, Broadcast, Stop}`.
+//! Messages: `Msg::{Subscribe, Unsubscribe, Broadcast, Publish, Stop}`.
 //! **Invariant:** the registry never blocks on a client. Fastlane frames are written with one
-//! non-blocking send from this thread (`ConnShared::send_direct`); a client too far behind is evicted (slow consumer),
-//! never waited for.
+//! non-blocking send from this thread (`ConnShared::send_direct`), or, for topics of at least
+//! `spread_fanout` subscribers, queued at the connections' writers (`ConnShared::send`); a
+//! client too far behind is evicted (slow consumer), never waited for.
 
 mod registry;
 

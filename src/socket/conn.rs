@@ -6,7 +6,8 @@
 //! Why no writer thread per connection: at 19k connections a dedicated writer was 19k more
 //! threads (a kernel stack and task_struct each) and one futex wake per frame: a broadcast to
 //! 10k subscribers meant 10k thread wakes. Now a broadcast costs one non-blocking
-//! `send(MSG_DONTWAIT)` per subscriber from the registry thread, under the connection's lock.
+//! `send(MSG_DONTWAIT)` per subscriber, under the connection's lock, from the registry thread
+//! (or, for big topics, from the few writers, so that it runs on every core).
 //!
 //! Why the socket and channel threads hand their frames over instead of writing them: Linux
 //! gives each thread that sends on a TCP socket a 32 KiB page fragment (`task_frag`) that it

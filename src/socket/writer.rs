@@ -11,7 +11,8 @@
 //!
 //! What it costs: one thread wake when a connection goes from nothing queued to something
 //! queued; a writer then sends everything queued for that connection in one vectored `send`.
-//! Broadcasts do not pass through here: the registry writes them itself (`send_direct`).
+//! Broadcasts pass through here only for topics of at least `Config::spread_fanout`
+//! subscribers; smaller ones the registry writes itself (`send_direct`).
 //!
 //! **Invariants:** a connection is in at most one writer's queue at a time (`queued` in
 //! `conn.rs`), so a queue holds at most one entry per live connection, and its capacity
