@@ -66,7 +66,7 @@ pub enum CloseReason {
     /// `disconnect` broadcast on the socket id: 1001, the client reconnects and re-authenticates.
     Disconnect,
     /// The client did not read its frames fast enough (or its stream broke); the TCP stream is
-    /// cut without a close frame.
+    /// cut, after a 1008 close frame if the kernel can still take one (`cut_slow_consumer`).
     SlowConsumer,
 }
 
@@ -258,14 +258,30 @@ impl ConnShared {
     fn append(&self, st: &mut OutState, chunk: Chunk) -> bool {
         let len = chunk.bytes().len();
         if st.pending_bytes + len > self.limits.max_pending_bytes {
-            st.broken = true;
             log::warn!("conn {}: client too far behind, disconnecting slow consumer", self.id);
-            self.close(CloseReason::SlowConsumer);
+            self.cut_slow_consumer(st);
             return false;
         }
         st.pending_bytes += len;
         st.pending.push_back(chunk);
         true
+    }
+
+    /// Cuts a slow consumer, first telling it why (close 1008) when that costs one
+    /// non-blocking `send`: only at a frame boundary (no flusher mid-frame, nothing partly
+    /// written), and only if the kernel takes the whole small frame; the frames still queued are
+    /// dropped, since the client will never read them. A client whose socket buffer is full
+    /// gets no frame and sees 1006; phoenix.js reconnects either way.
+    fn cut_slow_consumer(&self, st: &mut OutState) {
+        if !st.broken && !st.draining && st.offset == 0 {
+            let code = CloseReason::SlowConsumer;
+            let close = crate::protocol::frame::close(code.code(), code.text());
+            if matches!(send_nonblocking(&self.tcp, &close), Ok(n) if n == close.len()) {
+                log::debug!("conn {}: sent close 1008 to the slow consumer", self.id);
+            }
+        }
+        st.broken = true;
+        self.close(CloseReason::SlowConsumer);
     }
 
     fn start_flusher(self: &Arc<Self>, st: &mut OutState) -> bool {

@@ -490,9 +490,13 @@ impl Socket {
     }
 
     fn close_websocket(&self, ws: &mut WebSocket<WsStream>, end: End) {
+        use std::io::Write;
         let (code, reason) = match end {
             End::ClientClosed => {
-                // Flush what is pending (tungstenite's close reply) and half-close.
+                // tungstenite wrote its reply to the client's Close (the echoed code, or 1002
+                // for a code RFC 6455 §7.4 forbids) into the stream without flushing it, since
+                // it then reports `ConnectionClosed`; hand it over, then flush and half-close.
+                let _ = ws.get_mut().flush();
                 self.conn.shared.finish(None, LINGER);
                 return;
             }

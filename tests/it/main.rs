@@ -13,6 +13,8 @@ mod handshake;
 mod channels;
 // Many connections at once: fan-out to 1,000 sockets and thread accounting.
 mod scale;
+// Hardening of the WebSocket side: closing handshake, limits, half-open upgrades, stuck leaves.
+mod ws_hardening;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;

@@ -1,0 +1,241 @@
+//! Hardening of the WebSocket side (issue #11): the closing handshake of RFC 6455 §5.5.1 and
+//! §7.4, slow consumers told why they are cut, topic and event length limits, half-open
+//! upgrades that must not lock real clients out, and a leave that a stuck channel never
+//! acknowledges. Raw frames over TCP where a well-behaved client library cannot express the
+//! input.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, WAIT, test_config, unique_topic};
+use phx_threads::{Channel, ChannelCtx, Config, HandleIn, Payload, server};
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A WebSocket client made of bytes: it sends exactly the frames a test builds.
+struct RawWs {
+    tcp: TcpStream,
+}
+
+/// One frame as the server sent it.
+#[derive(Debug, PartialEq)]
+enum Frame {
+    Text(String),
+    Close(Option<u16>, String),
+    Other(u8, Vec<u8>),
+    /// The server closed the TCP stream (or reset it) without a frame.
+    Eof,
+}
+
+impl RawWs {
+    fn connect(server: &TestServer) -> RawWs {
+        let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let head = format!(
+            "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\n\
+             connection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: {KEY}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).expect("a complete response head");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        RawWs { tcp }
+    }
+
+    /// Sends one final, masked frame (clients must mask).
+    fn send(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&frame).unwrap();
+    }
+
+    fn send_json(&mut self, value: &Value) {
+        self.send(0x1, value.to_string().as_bytes());
+    }
+
+    fn close_with(&mut self, payload: &[u8]) {
+        self.send(0x8, payload);
+    }
+
+    /// The next frame from the server, or `Eof`.
+    fn read(&mut self) -> Frame {
+        let mut head = [0u8; 2];
+        if self.tcp.read_exact(&mut head).is_err() {
+            return Frame::Eof;
+        }
+        let len = match head[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes(self.read_array::<2>())),
+            127 => u64::from_be_bytes(self.read_array::<8>()),
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        self.tcp.read_exact(&mut payload).expect("a complete frame");
+        match head[0] & 0x0f {
+            0x1 => Frame::Text(String::from_utf8(payload).expect("UTF-8 text")),
+            0x8 if payload.len() >= 2 => Frame::Close(
+                Some(u16::from_be_bytes([payload[0], payload[1]])),
+                String::from_utf8_lossy(&payload[2..]).into_owned(),
+            ),
+            0x8 => Frame::Close(None, String::new()),
+            op => Frame::Other(op, payload),
+        }
+    }
+
+    fn read_array<const N: usize>(&mut self) -> [u8; N] {
+        let mut bytes = [0u8; N];
+        self.tcp.read_exact(&mut bytes).expect("a complete frame header");
+        bytes
+    }
+
+    /// The next close frame, skipping text frames.
+    fn expect_close(&mut self) -> Frame {
+        loop {
+            match self.read() {
+                Frame::Text(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The reply to `ref_`, skipping other frames.
+    fn reply_to(&mut self, ref_: &str) -> Value {
+        loop {
+            match self.read() {
+                Frame::Text(text) => {
+                    let m: Value = serde_json::from_str(&text).unwrap();
+                    if m[3] == "phx_reply" && m[1] == ref_ {
+                        return m;
+                    }
+                }
+                other => panic!("expected the reply to {ref_}, got {other:?}"),
+            }
+        }
+    }
+
+    /// True once the server has closed the TCP stream.
+    fn at_eof(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(self.tcp.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    payload
+}
+
+// ---- item 14: the closing handshake ----
+
+/// RFC 6455 §5.5.1: the server answers a client's Close with a Close, echoing the code, so the
+/// client sees a clean close instead of 1006.
+#[test]
+fn a_client_close_is_answered_with_the_same_code() {
+    let server = TestServer::start();
+    for code in [1000u16, 1001, 1003, 1011, 3000, 4000, 4999] {
+        let mut ws = RawWs::connect(&server);
+        ws.close_with(&close_payload(code, b"bye"));
+        assert_eq!(ws.expect_close(), Frame::Close(Some(code), "bye".into()), "code {code}");
+        assert!(ws.at_eof(), "the server ends the TCP stream after the closing handshake");
+    }
+    let mut ws = RawWs::connect(&server);
+    ws.close_with(&[]);
+    assert_eq!(ws.expect_close(), Frame::Close(None, String::new()), "an empty close is echoed");
+}
+
+/// RFC 6455 §7.4: codes that must never appear on the wire, and malformed close payloads
+/// (one byte, a reason that is not UTF-8), are protocol errors: close 1002.
+#[test]
+fn invalid_close_frames_are_answered_with_1002() {
+    let server = TestServer::start();
+    let mut cases: Vec<Vec<u8>> = [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535]
+        .iter()
+        .map(|code| close_payload(*code, b""))
+        .collect();
+    cases.push(vec![0x03]);
+    for payload in cases {
+        let mut ws = RawWs::connect(&server);
+        ws.close_with(&payload);
+        match ws.expect_close() {
+            Frame::Close(Some(1002), _) => {}
+            other => panic!("close payload {payload:?} answered with {other:?}"),
+        }
+    }
+    // A reason that is not UTF-8 is invalid data, 1007 (RFC 6455 §7.4.1; tungstenite reports
+    // it as the same UTF-8 error as a bad text frame, and Autobahn 7.5.1 accepts 1002 or 1007).
+    let mut ws = RawWs::connect(&server);
+    ws.close_with(&close_payload(1000, b"\xff\xfe not UTF-8"));
+    assert!(matches!(ws.expect_close(), Frame::Close(Some(1007), _)));
+}
+
+/// `hard:*`: replies of a requested size, and a callback that blocks until the test releases
+/// it (a channel stuck in application code).
+struct HardChannel {
+    release: Receiver<()>,
+}
+
+impl Channel for HardChannel {
+    fn join(&mut self, _: &str, _: Payload, _: &mut ChannelCtx) -> Result<Payload, Payload> {
+        Ok(Payload::empty())
+    }
+
+    fn handle_in(&mut self, event: &str, payload: Payload, _: &mut ChannelCtx) -> HandleIn {
+        let payload = payload.as_json().cloned().unwrap_or(Value::Null);
+        match event {
+            "big" => {
+                let bytes = payload["bytes"].as_u64().unwrap_or(0) as usize;
+                HandleIn::ok(json!({ "blob": "x".repeat(bytes) }))
+            }
+            "block" => {
+                // Bounded so a failing test cannot leave the thread behind for long.
+                let _ = self.release.recv_timeout(Duration::from_secs(30));
+                HandleIn::ok(Payload::empty())
+            }
+            _ => HandleIn::error(json!({"reason": "unknown"})),
+        }
+    }
+}
+
+/// A server with `hard:*` mounted; dropping the returned sender releases blocked callbacks.
+fn hard_server(config: Config) -> (TestServer, Sender<()>) {
+    let (release_tx, release_rx) = unbounded();
+    let router = phx_threads::app::router(None)
+        .channel("hard:*", move || HardChannel { release: release_rx.clone() });
+    (TestServer::with(config, router, server::accept_all()), release_tx)
+}
+
+/// A slow consumer is told why it is cut (close 1008) when its socket can still take the
+/// small close frame: here one reply is over the outbound budget while the client reads.
+#[test]
+fn a_slow_consumer_gets_close_1008_when_the_socket_has_room() {
+    let config = Config { outbound_queue_bytes: 16 * 1024, ..test_config() };
+    let (server, _release) = hard_server(config);
+    let mut ws = RawWs::connect(&server);
+    let topic = unique_topic("hard");
+    ws.send_json(&json!(["1", "1", topic, "phx_join", {}]));
+    assert_eq!(ws.reply_to("1")[4]["status"], "ok");
+    ws.send_json(&json!(["1", "2", topic, "big", {"bytes": 64 * 1024}]));
+    assert_eq!(ws.expect_close(), Frame::Close(Some(1008), "slow consumer".into()));
+    assert!(ws.at_eof());
+}
