@@ -33,3 +33,46 @@ pub fn init() {
         log::set_max_level(level);
     }
 }
+
+/// Most characters of one client-supplied string that a log line shows.
+pub const SHOWN_CHARS: usize = 64;
+
+/// Shows client-supplied text (a topic, an event, a header) in a log line: quoted, control
+/// characters escaped (a client must not forge or split log lines), at most `SHOWN_CHARS`
+/// characters and then an ellipsis with the full length (one join of a 1 MB topic must not
+/// write a 1 MB line).
+pub fn shown(text: &str) -> Shown<'_> {
+    Shown(text)
+}
+
+/// See `shown`.
+pub struct Shown<'a>(&'a str);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"")?;
+        for c in self.0.chars().take(SHOWN_CHARS) {
+            write!(f, "{}", c.escape_debug())?;
+        }
+        f.write_str("\"")?;
+        if self.0.chars().nth(SHOWN_CHARS).is_some() {
+            write!(f, "… ({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SHOWN_CHARS, shown};
+
+    #[test]
+    fn shown_text_is_escaped_and_bounded() {
+        assert_eq!(shown("room:lobby").to_string(), "\"room:lobby\"");
+        assert_eq!(shown("a\nb\u{1b}[31m\"").to_string(), "\"a\\nb\\u{1b}[31m\\\"\"");
+        let long = "é".repeat(1 << 20);
+        let line = shown(&long).to_string();
+        assert!(line.chars().count() < SHOWN_CHARS + 30, "{line}");
+        assert!(line.ends_with("\"… (2097152 bytes)"), "{line}");
+    }
+}

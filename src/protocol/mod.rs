@@ -132,6 +132,26 @@ pub struct Message {
     pub payload: Payload,
 }
 
+/// Longest topic, event, ref and join_ref a client may send, in bytes. A V2 binary frame gives
+/// each of these strings one length byte, so nothing longer could be echoed in a reply; and no
+/// real topic comes near it. Checked by the socket (`Message::oversized`), not the decoder, so
+/// that an oversized event can still be answered on its ref.
+pub const MAX_FIELD_BYTES: usize = 255;
+
+impl Message {
+    /// The first of topic, event, ref and join_ref that is longer than `MAX_FIELD_BYTES`.
+    pub fn oversized(&self) -> Option<&'static str> {
+        let fields = [
+            ("topic", Some(&self.topic)),
+            ("event", Some(&self.event)),
+            ("ref", self.ref_.as_ref()),
+            ("join_ref", self.join_ref.as_ref()),
+        ];
+        let too_long = |value: &Option<&String>| value.is_some_and(|v| v.len() > MAX_FIELD_BYTES);
+        fields.iter().find(|(_, value)| too_long(value)).map(|(name, _)| *name)
+    }
+}
+
 /// Which serializer a connection negotiated with its `vsn` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Vsn {

@@ -114,8 +114,9 @@ fn binary_event(out: &Outgoing<'_>, event: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Every header string is at most 255 bytes (one length byte); longer ones are cut on a
-/// character boundary rather than corrupting the frame. Topics and events over 255 bytes are
-/// refused at join time, so in practice only refs could ever hit this.
+/// character boundary rather than corrupting the frame. Clients cannot send longer topics,
+/// events or refs (`MAX_FIELD_BYTES`, checked by the socket), so only a topic or event the
+/// server itself makes up could ever hit this.
 fn binary(kind: u8, fields: &[&str], payload: &[u8]) -> Vec<u8> {
     let fields: Vec<&str> = fields.iter().map(|f| truncate_255(f)).collect();
     let mut out = Vec::with_capacity(1 + fields.len() + payload.len() + 64);

@@ -29,6 +29,7 @@ use tungstenite::{Message as WsMessage, WebSocket};
 use crate::channel::server::{self as channel_server, JoinOutcome, JoinRequest, Notice, Stop};
 use crate::channel::{self, Assigns, Router};
 use crate::config::Config;
+use crate::logger::shown;
 use crate::process::MailboxSender;
 use crate::protocol::{
     self, EVENT_CLOSE, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, HEARTBEAT_TOPIC, Inbound, Message,
@@ -230,12 +231,29 @@ impl Socket {
 
     fn handle_frame(&mut self, frame: Inbound<'_>) -> Result<(), End> {
         match self.conn.vsn.decode(frame) {
-            Ok(message) => self.handle_message(message),
+            Ok(message) => match message.oversized() {
+                None => self.handle_message(message),
+                Some(field) => self.refuse_oversized(&message, field),
+            },
             Err(e) => {
                 log::info!("conn {}: closing: {e}", self.conn.shared.id);
                 Err(End::Close(CLOSE_INVALID_DATA, e.to_string()))
             }
         }
+    }
+
+    /// A field over `MAX_FIELD_BYTES`. An oversized event on a ref is answered there, like any
+    /// refused message; anything else cannot be answered without echoing the oversized topic or
+    /// ref (which a binary reply could not even carry), so the frame is invalid data: 1007.
+    fn refuse_oversized(&mut self, m: &Message, field: &str) -> Result<(), End> {
+        let why = format!("{field} is longer than {} bytes", protocol::MAX_FIELD_BYTES);
+        if field == "event" && m.ref_.is_some() {
+            let reason = json!({ "reason": why }).into();
+            self.reply(m.join_ref.as_deref(), m.ref_.as_deref(), &m.topic, "error", &reason);
+            return Ok(());
+        }
+        log::info!("conn {}: closing: {why}", self.conn.shared.id);
+        Err(End::Close(CLOSE_INVALID_DATA, why))
     }
 
     /// `socket.ex` `handle_in/4`, first match wins.
@@ -268,7 +286,7 @@ impl Socket {
             return;
         }
         let Some(channel) = self.endpoint.router.route(&m.topic) else {
-            log::warn!("conn {}: join of unmatched topic {:?}", self.conn.shared.id, m.topic);
+            log::warn!("conn {}: join of unmatched topic {}", self.conn.shared.id, shown(&m.topic));
             self.reply_unmatched(&m);
             return;
         };
@@ -341,7 +359,7 @@ impl Socket {
             }
             Some(JoinOutcome::Refused | JoinOutcome::Crashed) => {}
             None => {
-                log::warn!("conn {}: join of {topic} timed out", self.conn.shared.id);
+                log::warn!("conn {}: join of {} timed out", self.conn.shared.id, shown(&topic));
                 let reason = json!({"reason": "join timeout"}).into();
                 self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
             }
@@ -386,7 +404,11 @@ impl Socket {
                 Ok(())
             }
             Err(SendTimeoutError::Timeout(_)) => {
-                log::warn!("conn {}: channel {} is not keeping up", self.conn.shared.id, m.topic);
+                log::warn!(
+                    "conn {}: channel {} is not keeping up",
+                    self.conn.shared.id,
+                    shown(&m.topic)
+                );
                 Err(End::Close(CLOSE_INTERNAL, format!("channel {} overloaded", m.topic)))
             }
         }

@@ -210,7 +210,8 @@ fn upgrade(
     }
     let origin = req.header("origin");
     if !origin_allowed(origin, &config.check_origin) {
-        log::warn!("refused websocket from {peer_addr}: origin {origin:?} not allowed");
+        let origin = crate::logger::shown(origin.unwrap_or(""));
+        log::warn!("refused websocket from {peer_addr}: origin {origin} not allowed");
         return Err(403.into());
     }
     let mut params = parse_query(&req.query);

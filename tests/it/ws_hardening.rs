@@ -239,3 +239,45 @@ fn a_slow_consumer_gets_close_1008_when_the_socket_has_room() {
     assert_eq!(ws.expect_close(), Frame::Close(Some(1008), "slow consumer".into()));
     assert!(ws.at_eof());
 }
+
+// ---- item 15: topic and event length limits ----
+
+/// A topic longer than 255 bytes cannot be answered without echoing it: the frame is invalid
+/// data (close 1007, with the reason). 255 bytes is still a topic.
+#[test]
+fn an_oversized_topic_closes_with_1007() {
+    let (server, _release) = hard_server(test_config());
+    let mut ws = RawWs::connect(&server);
+    let longest = format!("hard:{}", "x".repeat(250));
+    ws.send_json(&json!(["1", "1", longest, "phx_join", {}]));
+    assert_eq!(ws.reply_to("1")[4]["status"], "ok", "a 255-byte topic joins");
+    let huge = format!("hard:{}", "x".repeat(1_000_000));
+    ws.send_json(&json!(["2", "2", huge, "phx_join", {}]));
+    let expected = Frame::Close(Some(1007), "topic is longer than 255 bytes".into());
+    assert_eq!(ws.expect_close(), expected);
+    let mut ws = RawWs::connect(&server);
+    ws.send_json(&json!(["1", "1", format!("hard:{}", "x".repeat(251)), "phx_join", {}]));
+    assert_eq!(ws.expect_close(), expected, "256 bytes is one too many");
+}
+
+/// An oversized event on a ref is refused on that ref; the connection carries on. Without a ref
+/// there is nothing to answer: 1007.
+#[test]
+fn an_oversized_event_is_refused_on_its_ref() {
+    let (server, _release) = hard_server(test_config());
+    let mut ws = RawWs::connect(&server);
+    let topic = unique_topic("hard");
+    ws.send_json(&json!(["1", "1", topic, "phx_join", {}]));
+    assert_eq!(ws.reply_to("1")[4]["status"], "ok");
+    ws.send_json(&json!(["1", "2", topic, "e".repeat(256), {}]));
+    let reply = ws.reply_to("2");
+    assert_eq!(
+        reply[4],
+        json!({"status": "error", "response": {"reason": "event is longer than 255 bytes"}})
+    );
+    ws.send_json(&json!(["1", "3", topic, "big", {"bytes": 3}]));
+    assert_eq!(ws.reply_to("3")[4]["status"], "ok", "the channel still serves");
+    ws.send_json(&json!(["1", null, topic, "e".repeat(100_000), {}]));
+    let expected = Frame::Close(Some(1007), "event is longer than 255 bytes".into());
+    assert_eq!(ws.expect_close(), expected);
+}
