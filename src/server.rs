@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::{Condvar, Mutex};
 
 use crate::channel::Router;
@@ -24,6 +25,9 @@ use crate::socket::conn::{CloseReason, ConnShared, OutLimits};
 use crate::socket::transport::{ConnectFn, Connected};
 use crate::socket::writer::WriterPool;
 use crate::socket::{self, Endpoint};
+
+/// At shutdown, the writers get at least this long after the connections are done.
+const WRITER_GRACE: Duration = Duration::from_secs(1);
 
 /// Live connections, for shutdown and the connection limit.
 #[derive(Default)]
@@ -77,6 +81,10 @@ pub struct ServerHandle {
     connections: Arc<Connections>,
     stopping: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
+    /// Disconnected when the acceptor has exited (it drops the sender as its last act).
+    acceptor_exited: Receiver<()>,
+    /// The listening socket, to wake a blocked `accept` at shutdown.
+    listener: TcpListener,
     shutdown_timeout: Duration,
 }
 
@@ -116,13 +124,16 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     let connections = Arc::new(Connections::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let (conns, stop, pool) = (connections.clone(), stopping.clone(), writers.clone());
+    let (alive, acceptor_exited) = crossbeam_channel::bounded::<()>(0);
+    let waker = listener.try_clone()?;
     let spawned = process::spawn("ws-accept".into(), 256 * 1024, move || {
-        accept_loop(listener, endpoint, pool, conns, stop)
+        accept_loop(listener, endpoint, pool, conns, stop);
+        drop(alive);
     });
     let acceptor = match spawned {
         Ok(handle) => handle,
         Err(e) => {
-            writers.stop();
+            writers.stop(Instant::now() + Duration::from_secs(1));
             pubsub.stop();
             return Err(e);
         }
@@ -135,6 +146,8 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         connections,
         stopping,
         acceptor: Some(acceptor),
+        acceptor_exited,
+        listener: waker,
         shutdown_timeout,
     })
 }
@@ -158,23 +171,39 @@ impl ServerHandle {
     pub fn shutdown(mut self) -> ShutdownReport {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() by connecting to ourselves (tiny_http does the same).
-        let _ = TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
+        let acceptor_stopped = self.stop_acceptor(deadline);
         let open: Vec<Arc<ConnShared>> = self.connections.table.lock().values().cloned().collect();
         for conn in &open {
             conn.close(CloseReason::Shutdown);
         }
         // Connection threads are detached (see `admit`); each drops its guard as its last act.
-        let clean = self.connections.wait_empty(deadline);
-        self.writers.stop();
+        let connections_closed = self.connections.wait_empty(deadline);
+        // The writers only finish non-blocking sends; they get a moment even when the
+        // connections used up the deadline.
+        let writers_stopped = self.writers.stop(deadline.max(Instant::now() + WRITER_GRACE));
+        let clean = acceptor_stopped && connections_closed && writers_stopped;
         if let Some(pubsub) = self.pubsub.take() {
             pubsub.stop();
         }
         log::info!("websocket server stopped ({} connections closed)", open.len());
         ShutdownReport { connections: open.len(), clean }
+    }
+}
+
+impl ServerHandle {
+    /// Wakes the blocking `accept` and joins the acceptor, by `deadline`: a connection to
+    /// ourselves (what tiny_http does), and in case that cannot get through (a full backlog),
+    /// shutting the listening socket, which makes a blocked `accept` fail on Linux.
+    fn stop_acceptor(&mut self, deadline: Instant) -> bool {
+        let _ = TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Both);
+        let Some(acceptor) = self.acceptor.take() else { return true };
+        if self.acceptor_exited.recv_deadline(deadline) != Err(RecvTimeoutError::Disconnected) {
+            log::warn!("the acceptor did not stop in time");
+            return false;
+        }
+        let _ = acceptor.join();
+        true
     }
 }
 

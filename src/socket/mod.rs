@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender, unbounded};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, unbounded};
 use serde_json::json;
 use tungstenite::{Message as WsMessage, WebSocket};
 
@@ -65,7 +65,14 @@ struct Joined {
     tx: Sender<channel::Msg>,
     control: MailboxSender<channel::Msg>,
     thread: JoinHandle<()>,
-    leaving: bool,
+    /// A `phx_leave` the channel has not acknowledged (by exiting) yet.
+    leaving: Option<Leave>,
+}
+
+/// A leave in flight: the channel replies and exits, or the socket gives up at `deadline`.
+struct Leave {
+    ref_: Option<String>,
+    deadline: Instant,
 }
 
 /// How the read loop ended.
@@ -85,6 +92,12 @@ struct Socket {
     channels: HashMap<String, Joined>,
     /// Channels told to stop whose exit has not been seen yet.
     retired: HashMap<u64, JoinHandle<()>>,
+    /// Topics whose channel did not acknowledge a leave in time, with that channel's id, while
+    /// it still runs: a rejoin waits (bounded) for it to leave PubSub first.
+    abandoned: HashMap<String, u64>,
+    /// The read timeout currently set on the stream (the idle timeout, or less while a leave
+    /// is in flight).
+    read_timeout: Duration,
     notices_tx: Sender<Notice>,
     notices: Receiver<Notice>,
     next_channel_id: u64,
@@ -150,6 +163,8 @@ fn run(endpoint: Arc<Endpoint>, upgraded: Box<Upgraded>, shared: Arc<ConnShared>
         assigns: Arc::new(session.assigns),
         channels: HashMap::new(),
         retired: HashMap::new(),
+        abandoned: HashMap::new(),
+        read_timeout: endpoint.config.idle_timeout,
         notices_tx,
         notices,
         next_channel_id: 1,
@@ -186,6 +201,7 @@ impl Socket {
     /// The read loop. Each iteration blocks in `read` for at most the idle timeout.
     fn serve(&mut self, ws: &mut WebSocket<WsStream>) -> End {
         loop {
+            self.arm_read_timeout(ws);
             let read = ws.read();
             self.reap_exits();
             if let Some(reason) = self.conn.shared.close_reason() {
@@ -193,6 +209,10 @@ impl Socket {
             }
             let frame = match read {
                 Ok(frame) => frame,
+                Err(e) if self.leave_timer_fired(&e) => {
+                    self.expire_leaves();
+                    continue;
+                }
                 Err(e) => return self.read_error(e),
             };
             let result = match &frame {
@@ -279,6 +299,7 @@ impl Socket {
         let join_ref = m.join_ref.clone().or_else(|| m.ref_.clone()).unwrap_or_default();
         let topic = m.topic.clone();
         let replaced = self.channels.remove(&topic).and_then(|old| self.stop_duplicate(old));
+        self.await_abandoned(&topic);
         let config = &self.endpoint.config;
         if self.channels.len() >= config.max_channels_per_connection {
             let reason = json!({"reason": "too many channels joined"});
@@ -305,7 +326,7 @@ impl Socket {
     /// unless the old channel was already leaving (then it sent its own `phx_close`).
     fn stop_duplicate(&mut self, old: Joined) -> Option<String> {
         old.control.force_send(channel::Msg::Stop(Stop::Duplicate));
-        let (id, leaving, join_ref) = (old.id, old.leaving, old.join_ref.clone());
+        let (id, leaving, join_ref) = (old.id, old.leaving.is_some(), old.join_ref.clone());
         self.retired.insert(id, old.thread);
         if !self.wait_exit(id, Duration::from_secs(5)) {
             log::warn!("conn {}: replaced channel {id} did not stop in 5 s", self.conn.shared.id);
@@ -353,7 +374,7 @@ impl Socket {
                     tx: spawned.tx,
                     control: spawned.control,
                     thread: spawned.thread,
-                    leaving: false,
+                    leaving: None,
                 };
                 return Some((topic, joined));
             }
@@ -380,9 +401,101 @@ impl Socket {
         if m.join_ref.as_ref().is_some_and(|jr| *jr != joined.join_ref) {
             return; // stale: the client raced a server-side close
         }
-        joined.leaving = true;
-        let msg = channel::Msg::Leave { ref_: m.ref_ };
-        let _ = joined.tx.send_timeout(msg, self.endpoint.config.channel_send_timeout);
+        let deadline = Instant::now() + self.endpoint.config.channel_send_timeout;
+        let leave = Leave { ref_: m.ref_.clone(), deadline };
+        if joined.leaving.is_some() {
+            self.abandon(&m.topic, leave.ref_); // asked twice: the client is done waiting
+            return;
+        }
+        match joined.tx.try_send(channel::Msg::Leave { ref_: m.ref_ }) {
+            Ok(()) => joined.leaving = Some(leave),
+            // Its inbox is full: the channel is far behind, so do not wait for it at all.
+            Err(TrySendError::Full(_)) => self.abandon(&m.topic, leave.ref_),
+            // It just exited (its exit notice is on the way): nothing left to leave.
+            Err(TrySendError::Disconnected(_)) => {
+                self.reply(
+                    m.join_ref.as_deref(),
+                    leave.ref_.as_deref(),
+                    &m.topic,
+                    "ok",
+                    &Payload::empty(),
+                );
+            }
+        }
+    }
+
+    /// Completes a leave the channel did not acknowledge in time (it is stuck in a callback):
+    /// the client gets what Phoenix sends, an `ok` reply and `phx_close`, the route is
+    /// forgotten so the topic can be joined again, and the channel is told to stop whenever
+    /// it returns. If it then also handles the leave, the client sees a second reply and
+    /// `phx_close` for the old join_ref, which phoenix.js ignores.
+    fn abandon(&mut self, topic: &str, ref_: Option<String>) {
+        let Some(joined) = self.channels.remove(topic) else { return };
+        log::warn!(
+            "conn {}: channel {} did not leave in time; forgetting it",
+            self.conn.shared.id,
+            shown(topic)
+        );
+        joined.control.force_send(channel::Msg::Stop(Stop::Closed));
+        let empty = Payload::empty();
+        self.reply(Some(&joined.join_ref), ref_.as_deref(), topic, "ok", &empty);
+        self.conn.send_message(&Outgoing::control(&joined.join_ref, topic, EVENT_CLOSE, &empty));
+        self.retired.insert(joined.id, joined.thread);
+        self.abandoned.insert(topic.to_string(), joined.id);
+    }
+
+    /// Gives up on every leave whose deadline has passed.
+    fn expire_leaves(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<(String, Option<String>)> = self
+            .channels
+            .iter_mut()
+            .filter(|(_, j)| j.leaving.as_ref().is_some_and(|l| l.deadline <= now))
+            .map(|(topic, j)| (topic.clone(), j.leaving.take().and_then(|l| l.ref_)))
+            .collect();
+        for (topic, ref_) in expired {
+            self.abandon(&topic, ref_);
+        }
+    }
+
+    /// The earliest deadline of a leave in flight.
+    fn next_leave_deadline(&self) -> Option<Instant> {
+        self.channels.values().filter_map(|j| j.leaving.as_ref().map(|l| l.deadline)).min()
+    }
+
+    /// The read loop sleeps in `read`; while a leave is in flight, it must wake at its
+    /// deadline, so the read timeout is shortened to it (and restored to the idle timeout).
+    fn arm_read_timeout(&mut self, ws: &WebSocket<WsStream>) {
+        let idle = self.endpoint.config.idle_timeout;
+        let timeout = match self.next_leave_deadline() {
+            Some(deadline) => idle.min(deadline.saturating_duration_since(Instant::now())),
+            None => idle,
+        };
+        let timeout = timeout.max(Duration::from_millis(1));
+        if timeout != self.read_timeout
+            && ws.get_ref().tcp().set_read_timeout(Some(timeout)).is_ok()
+        {
+            self.read_timeout = timeout;
+        }
+    }
+
+    /// A read timed out because the timeout was shortened for a leave's deadline, not because
+    /// the client was idle for the idle timeout. (The idle period then starts again: a leave
+    /// can only extend it, by at most the leave's wait.)
+    fn leave_timer_fired(&self, e: &tungstenite::Error) -> bool {
+        use std::io::ErrorKind;
+        let timed_out = matches!(e, tungstenite::Error::Io(e)
+            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+        timed_out && self.read_timeout < self.endpoint.config.idle_timeout
+    }
+
+    /// Before a rejoin of a topic whose channel was abandoned, waits (bounded) until that
+    /// channel has left PubSub, so the client does not receive every broadcast twice.
+    fn await_abandoned(&mut self, topic: &str) {
+        let Some(id) = self.abandoned.remove(topic) else { return };
+        if !self.wait_exit(id, Duration::from_secs(5)) {
+            log::warn!("conn {}: abandoned channel {id} still runs", self.conn.shared.id);
+        }
     }
 
     fn forward(&mut self, m: Message) -> Result<(), End> {
@@ -471,6 +584,7 @@ impl Socket {
     }
 
     fn exited(&mut self, id: u64) {
+        self.abandoned.retain(|_, abandoned| *abandoned != id);
         if let Some(thread) = self.retired.remove(&id) {
             let _ = thread.join();
             return;

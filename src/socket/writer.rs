@@ -23,7 +23,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -34,6 +36,8 @@ use crate::process;
 const WRITER_STACK_BYTES: usize = 256 * 1024;
 /// An idle writer looks at its queue at least this often (a bound on every wait).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// How long a failed `start` waits for the writers it did start.
+const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One writer's queue of connections with something to send.
 ///
@@ -115,27 +119,37 @@ pub(crate) type WriterSender = Arc<WriterQueue>;
 pub(crate) struct WriterPool {
     shards: Vec<WriterSender>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Disconnected once every writer has exited: each holds a sender and drops it as its last
+    /// act (also when it panics), so `stop` can wait for all of them with a deadline.
+    exited: Receiver<()>,
 }
 
 impl WriterPool {
     /// Starts `writers` threads (at least one), each with a queue of at most `capacity`
     /// connections.
     pub fn start(writers: usize, capacity: usize) -> io::Result<WriterPool> {
-        let mut pool = WriterPool { shards: Vec::new(), threads: Mutex::new(Vec::new()) };
+        let (exit_tx, exited) = bounded::<()>(0);
+        let mut pool = WriterPool { shards: Vec::new(), threads: Mutex::new(Vec::new()), exited };
         for n in 0..writers.max(1) {
             let queue = Arc::new(WriterQueue {
                 state: Mutex::new(QueueState::default()),
                 ready: Condvar::new(),
                 capacity,
             });
-            let q = queue.clone();
-            match process::spawn(format!("ws-write-{n}"), WRITER_STACK_BYTES, move || run(&q)) {
+            let (q, alive) = (queue.clone(), exit_tx.clone());
+            let writer = move || {
+                run(&q);
+                drop(alive);
+            };
+            match process::spawn(format!("ws-write-{n}"), WRITER_STACK_BYTES, writer) {
                 Ok(handle) => {
                     pool.shards.push(queue);
                     pool.threads.get_mut().push(handle);
                 }
                 Err(e) => {
-                    pool.stop();
+                    // Our own sender too, or `stop` would wait for it until the deadline.
+                    drop(exit_tx);
+                    pool.stop(Instant::now() + STOP_TIMEOUT);
                     return Err(e);
                 }
             }
@@ -149,15 +163,22 @@ impl WriterPool {
         self.shards[(id % self.shards.len() as u64) as usize].clone()
     }
 
-    /// Stops every writer after it has sent what was queued before the stop, and joins them.
-    /// A connection that still sends afterwards writes from its own thread (`ConnShared::send`).
-    pub fn stop(&self) {
+    /// Stops every writer after it has sent what was queued before the stop, and joins them if
+    /// they have all exited by `deadline`; false (the writers are left detached) if not. A
+    /// connection that still sends afterwards writes from its own thread (`ConnShared::send`).
+    pub fn stop(&self, deadline: Instant) -> bool {
         for queue in &self.shards {
             queue.stop();
         }
-        for handle in std::mem::take(&mut *self.threads.lock()) {
+        let handles = std::mem::take(&mut *self.threads.lock());
+        if self.exited.recv_deadline(deadline) != Err(RecvTimeoutError::Disconnected) {
+            log::warn!("{} writer thread(s) did not stop in time", handles.len());
+            return false;
+        }
+        for handle in handles {
             let _ = handle.join();
         }
+        true
     }
 }
 

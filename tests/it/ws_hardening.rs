@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use serde_json::{Value, json};
@@ -280,4 +280,39 @@ fn an_oversized_event_is_refused_on_its_ref() {
     ws.send_json(&json!(["1", null, topic, "e".repeat(100_000), {}]));
     let expected = Frame::Close(Some(1007), "event is longer than 255 bytes".into());
     assert_eq!(ws.expect_close(), expected);
+}
+
+// ---- item 3: a leave the channel never acknowledges ----
+
+/// A channel stuck in a callback cannot acknowledge `phx_leave`. Within the leave timeout the
+/// client still gets Phoenix's answer (ok, then `phx_close`), the socket keeps serving, the
+/// route is gone (no zombie: a push is an unmatched topic), and the topic can be joined again
+/// once the stuck channel has returned.
+#[test]
+fn a_leave_a_stuck_channel_never_acknowledges_still_completes() {
+    let timeout = Duration::from_millis(300);
+    let config = Config { channel_send_timeout: timeout, ..test_config() };
+    let (server, release) = hard_server(config);
+    let mut ws = RawWs::connect(&server);
+    let topic = unique_topic("hard");
+    ws.send_json(&json!(["1", "1", topic, "phx_join", {}]));
+    assert_eq!(ws.reply_to("1")[4]["status"], "ok");
+    ws.send_json(&json!(["1", "2", topic, "block", {}]));
+    let started = Instant::now();
+    ws.send_json(&json!(["1", "3", topic, "phx_leave", {}]));
+    assert_eq!(
+        ws.reply_to("3"),
+        json!(["1", "3", topic, "phx_reply", {"status": "ok", "response": {}}])
+    );
+    assert!(started.elapsed() >= timeout, "the channel had its chance to answer");
+    assert_eq!(ws.read(), Frame::Text(json!(["1", "1", topic, "phx_close", {}]).to_string()));
+    ws.send_json(&json!([null, "4", "phoenix", "heartbeat", {}]));
+    assert_eq!(ws.reply_to("4")[4]["status"], "ok");
+    ws.send_json(&json!(["1", "5", topic, "big", {"bytes": 1}]));
+    assert_eq!(ws.reply_to("5")[4]["response"]["reason"], "unmatched topic");
+    release.send(()).unwrap();
+    ws.send_json(&json!(["6", "6", topic, "phx_join", {}]));
+    assert_eq!(ws.reply_to("6")[4]["status"], "ok", "the topic can be joined again");
+    ws.send_json(&json!(["6", "7", topic, "big", {"bytes": 1}]));
+    assert_eq!(ws.reply_to("7")[4]["status"], "ok");
 }
