@@ -24,6 +24,8 @@ OPTIONS (environment variable in brackets):
                               default ./superheroes-react/dist]
     --public-ws-url URL       socket URL given to the browser [PHX_PUBLIC_WS_URL]
     --max-connections N       [PHX_MAX_CONNECTIONS, default 16000]
+    --max-handshakes N        upgrades in progress; the oldest is dropped for a new one
+                              [PHX_MAX_HANDSHAKES, default 1024]
     --max-channels N          per connection [PHX_MAX_CHANNELS, default 100]
     --max-frame-bytes N       [PHX_MAX_FRAME_BYTES, default 1048576]
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
@@ -103,6 +105,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_STATIC_DIR", "--static-dir"),
         ("PHX_PUBLIC_WS_URL", "--public-ws-url"),
         ("PHX_MAX_CONNECTIONS", "--max-connections"),
+        ("PHX_MAX_HANDSHAKES", "--max-handshakes"),
         ("PHX_MAX_CHANNELS", "--max-channels"),
         ("PHX_MAX_FRAME_BYTES", "--max-frame-bytes"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
@@ -127,6 +130,7 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--static-dir" => args.static_dir = PathBuf::from(value),
         "--public-ws-url" => args.public_ws_url = Some(value.to_string()),
         "--max-connections" => args.ws.max_connections = number()?,
+        "--max-handshakes" => args.ws.max_handshakes = number()?,
         "--max-channels" => args.ws.max_channels_per_connection = number()?,
         "--max-frame-bytes" => args.ws.max_frame_bytes = number()?,
         "--idle-timeout-ms" => {
@@ -157,9 +161,14 @@ mod tests {
     fn flags_override_environment() {
         let args = parse_with(
             &["serve", "--ws-addr", "127.0.0.1:0", "--no-database"],
-            &[("PHX_WS_ADDR", "127.0.0.1:9"), ("PHX_MAX_CONNECTIONS", "7")],
+            &[
+                ("PHX_WS_ADDR", "127.0.0.1:9"),
+                ("PHX_MAX_CONNECTIONS", "7"),
+                ("PHX_MAX_HANDSHAKES", "9"),
+            ],
         )
         .unwrap();
+        assert_eq!(args.ws.max_handshakes, 9);
         assert_eq!(args.ws.ws_addr.port(), 0);
         assert_eq!(args.ws.max_connections, 7);
         assert!(args.no_database);

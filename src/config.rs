@@ -13,8 +13,12 @@ pub struct Config {
     pub ws_path: String,
     /// Connects the kernel queues before the acceptor takes them (capped by `somaxconn`).
     pub listen_backlog: i32,
-    /// Connections beyond this get HTTP 503 before the upgrade.
+    /// Upgraded connections beyond this get HTTP 503 (only a completed upgrade takes a slot).
     pub max_connections: usize,
+    /// Connections still sending their upgrade request. When a new one arrives with the budget
+    /// full, the oldest is dropped: real clients upgrade within a round trip, so only a slow or
+    /// hostile one is ever the oldest, and half-open upgrades cannot lock real clients out.
+    pub max_handshakes: usize,
     /// Joins beyond this are refused with `{"reason":"too many channels joined"}` (Phoenix: 100).
     pub max_channels_per_connection: usize,
     /// Largest accepted client frame and message; bigger ones close the socket with 1009.
@@ -63,6 +67,7 @@ impl Default for Config {
             ws_path: "/socket".to_string(),
             listen_backlog: 4096,
             max_connections: 16_000,
+            max_handshakes: 1024,
             max_channels_per_connection: 100,
             max_frame_bytes: 1 << 20,
             outbound_queue_bytes: 1 << 20,

@@ -6,7 +6,7 @@
 //! channels, then closes its WebSocket, then joins its threads) → wait, bounded, until every
 //! connection thread has ended → stop the writer pool → stop the PubSub registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -29,34 +29,100 @@ use crate::socket::{self, Endpoint};
 /// At shutdown, the writers get at least this long after the connections are done.
 const WRITER_GRACE: Duration = Duration::from_secs(1);
 
-/// Live connections, for shutdown and the connection limit.
+/// Live connections, for shutdown and the two limits: `max_handshakes` for upgrades in
+/// progress, `max_connections` for completed ones.
 #[derive(Default)]
 struct Connections {
-    table: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    table: Mutex<Table>,
     emptied: Condvar,
+}
+
+#[derive(Default)]
+struct Table {
+    conns: HashMap<u64, (Arc<ConnShared>, Phase)>,
+    /// Connections in `Phase::Handshake`, oldest first.
+    handshaking: VecDeque<u64>,
+    /// Connections in `Phase::Upgraded`.
+    upgraded: usize,
+}
+
+/// Where a connection is, for the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Still sending its upgrade request: counts against `max_handshakes`.
+    Handshake,
+    /// Dropped as the oldest handshake; counts against nothing while its thread ends.
+    Evicted,
+    /// Upgraded: holds a `max_connections` slot.
+    Upgraded,
 }
 
 impl Connections {
     fn len(&self) -> usize {
-        self.table.lock().len()
+        self.table.lock().conns.len()
     }
 
     fn remove(&self, id: u64) {
         let mut table = self.table.lock();
-        table.remove(&id);
-        if table.is_empty() {
+        match table.conns.remove(&id).map(|(_, phase)| phase) {
+            Some(Phase::Handshake) => table.handshaking.retain(|h| *h != id),
+            Some(Phase::Upgraded) => table.upgraded -= 1,
+            Some(Phase::Evicted) | None => {}
+        }
+        if table.conns.is_empty() {
             self.emptied.notify_all();
         }
+    }
+
+    /// Registers a new connection in its handshake. With `max_handshakes` reached, the oldest
+    /// handshake is dropped to make room (see `Config::max_handshakes` for why the oldest).
+    fn start_handshake(&self, id: u64, shared: &Arc<ConnShared>, max_handshakes: usize) {
+        let mut table = self.table.lock();
+        while table.handshaking.len() >= max_handshakes.max(1) {
+            let Some(oldest) = table.handshaking.pop_front() else { break };
+            if let Some((conn, phase)) = table.conns.get_mut(&oldest) {
+                log::info!("conn {oldest}: dropped, the oldest of {max_handshakes} handshakes");
+                *phase = Phase::Evicted;
+                // Wakes its thread from reading the request head; the thread then ends.
+                conn.shutdown_tcp();
+            }
+        }
+        table.conns.insert(id, (shared.clone(), Phase::Handshake));
+        table.handshaking.push_back(id);
     }
 
     /// Waits until no connection is left; false on timeout.
     fn wait_empty(&self, deadline: Instant) -> bool {
         let mut table = self.table.lock();
-        while !table.is_empty() {
+        while !table.conns.is_empty() {
             if self.emptied.wait_until(&mut table, deadline).timed_out() {
-                return table.is_empty();
+                return table.conns.is_empty();
             }
         }
+        true
+    }
+}
+
+/// Moves a connection from the handshake budget to a `max_connections` slot when its upgrade
+/// completes (`transport::accept`, just before the 101).
+pub(crate) struct Admission {
+    connections: Arc<Connections>,
+    max_connections: usize,
+}
+
+impl socket::Admit for Admission {
+    fn upgraded(&self, id: u64) -> bool {
+        let mut table = self.connections.table.lock();
+        if table.upgraded >= self.max_connections {
+            return false;
+        }
+        let Some((_, phase)) = table.conns.get_mut(&id) else { return false };
+        if *phase != Phase::Handshake {
+            return false; // evicted meanwhile: its stream is already shut
+        }
+        *phase = Phase::Upgraded;
+        table.handshaking.retain(|h| *h != id);
+        table.upgraded += 1;
         true
     }
 }
@@ -111,8 +177,10 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     }
     let ws_addr = listener.local_addr()?;
     let pubsub = PubSubProcess::start(config.registry_mailbox, config.spread_fanout)?;
-    // Each writer mailbox holds at most one entry per connection (`socket/writer.rs`).
-    let writers = match WriterPool::start(config.writer_threads, config.max_connections + 64) {
+    // Each writer mailbox holds at most one entry per connection (`socket/writer.rs`):
+    // upgraded ones, handshakes, and dropped handshakes whose threads are ending.
+    let capacity = config.max_connections + 2 * config.max_handshakes + 64;
+    let writers = match WriterPool::start(config.writer_threads, capacity) {
         Ok(writers) => Arc::new(writers),
         Err(e) => {
             pubsub.stop();
@@ -120,8 +188,11 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         }
     };
     let shutdown_timeout = config.shutdown_timeout;
-    let endpoint = Arc::new(Endpoint { config, router, connect, pubsub: pubsub.pubsub.clone() });
     let connections = Arc::new(Connections::default());
+    let max_connections = config.max_connections;
+    let admit = Box::new(Admission { connections: connections.clone(), max_connections });
+    let pubsub_handle = pubsub.pubsub.clone();
+    let endpoint = Arc::new(Endpoint { config, router, connect, pubsub: pubsub_handle, admit });
     let stopping = Arc::new(AtomicBool::new(false));
     let (conns, stop, pool) = (connections.clone(), stopping.clone(), writers.clone());
     let (alive, acceptor_exited) = crossbeam_channel::bounded::<()>(0);
@@ -172,7 +243,8 @@ impl ServerHandle {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.stopping.store(true, Ordering::SeqCst);
         let acceptor_stopped = self.stop_acceptor(deadline);
-        let open: Vec<Arc<ConnShared>> = self.connections.table.lock().values().cloned().collect();
+        let open: Vec<Arc<ConnShared>> =
+            self.connections.table.lock().conns.values().map(|(c, _)| c.clone()).collect();
         for conn in &open {
             conn.close(CloseReason::Shutdown);
         }
@@ -265,17 +337,15 @@ fn admit(
         flusher_stack_bytes: endpoint.config.flusher_stack_bytes,
     };
     let shared = Arc::new(ConnShared::new(id, tcp.clone(), limits, writers.for_connection(id)));
-    {
-        let mut table = connections.table.lock();
-        if table.len() >= endpoint.config.max_connections {
-            drop(table);
-            log::warn!("refusing {peer}: max_connections reached");
-            drop(shared);
-            refuse_503(&tcp);
-            return;
-        }
-        table.insert(id, shared.clone());
+    // Refused here, costing no thread, while every slot is taken; a race for the last slot
+    // is decided when the upgrade completes (`Admission`).
+    if connections.table.lock().upgraded >= endpoint.config.max_connections {
+        log::warn!("refusing {peer}: max_connections reached");
+        drop(shared);
+        refuse_503(&tcp);
+        return;
     }
+    connections.start_handshake(id, &shared, endpoint.config.max_handshakes);
     let guard = ConnGuard { id, connections: connections.clone() };
     let endpoint = endpoint.clone();
     let stack = endpoint.config.socket_stack_bytes;

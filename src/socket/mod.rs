@@ -45,6 +45,14 @@ pub(crate) struct Endpoint {
     pub router: Router,
     pub connect: ConnectFn,
     pub pubsub: PubSub,
+    pub admit: Box<dyn Admit>,
+}
+
+/// The server's connection limit, asked when an upgrade is about to complete.
+pub(crate) trait Admit: Send + Sync {
+    /// Connection `id` completed its upgrade: move it from the handshake budget to a
+    /// `max_connections` slot. False if no slot is left (or `id` was dropped meanwhile).
+    fn upgraded(&self, id: u64) -> bool;
 }
 
 /// Close codes the socket itself decides (the others are in `CloseReason`).
@@ -135,7 +143,7 @@ fn handshake(
 ) -> Option<Box<Upgraded>> {
     let config = &endpoint.config;
     let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
-    match transport::accept(tcp, shared, peer, config, &endpoint.connect) {
+    match transport::accept(tcp, shared, peer, endpoint) {
         Ok((ws, session)) => Some(Box::new(Upgraded { ws, session })),
         Err(HandshakeFailure::Refused(status)) => {
             log::info!("conn {}: upgrade refused with {status}", shared.id);

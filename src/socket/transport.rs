@@ -17,6 +17,7 @@ use tungstenite::WebSocket;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use super::Endpoint;
 use super::conn::{Chunk, ConnShared};
 use super::http1::{self, HeadError, RequestHead};
 use crate::channel::Assigns;
@@ -122,9 +123,9 @@ pub(crate) fn accept(
     tcp: Arc<TcpStream>,
     outbox: &Arc<ConnShared>,
     peer_addr: SocketAddr,
-    config: &Config,
-    connect: &ConnectFn,
+    endpoint: &Endpoint,
 ) -> Result<(WebSocket<WsStream>, Session), HandshakeFailure> {
+    let config = &endpoint.config;
     let deadline = Instant::now() + config.handshake_timeout;
     let (head, rest) = match http1::read_head(&tcp, deadline) {
         Ok(read) => read,
@@ -132,10 +133,15 @@ pub(crate) fn accept(
         Err(HeadError::Malformed) => return Err(refuse(&tcp, 400, "malformed HTTP request")),
         Err(e) => return Err(HandshakeFailure::Failed(e.to_string())),
     };
-    let (headers, session) = match upgrade(&head, peer_addr, config, connect) {
+    let (headers, session) = match upgrade(&head, peer_addr, config, &endpoint.connect) {
         Ok(accepted) => accepted,
         Err(Refusal { status, body }) => return Err(refuse(&tcp, status, body)),
     };
+    // Only now does the connection take a `max_connections` slot (the handshake had its own
+    // budget): the limit counts real connections, not half-sent requests.
+    if !endpoint.admit.upgraded(outbox.id) {
+        return Err(refuse(&tcp, 503, "server at connection limit"));
+    }
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if !outbox.send(Chunk::Owned(http1::response(101, &headers, ""))) {
         return Err(HandshakeFailure::Failed("stream broke before the upgrade".into()));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, WAIT, test_config, unique_topic};
+use crate::support::{TestServer, WAIT, WsClient, test_config, unique_topic};
 use phx_threads::{Channel, ChannelCtx, Config, HandleIn, Payload, server};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -315,4 +315,39 @@ fn a_leave_a_stuck_channel_never_acknowledges_still_completes() {
     assert_eq!(ws.reply_to("6")[4]["status"], "ok", "the topic can be joined again");
     ws.send_json(&json!(["6", "7", topic, "big", {"bytes": 1}]));
     assert_eq!(ws.reply_to("7")[4]["status"], "ok");
+}
+
+// ---- item 7: half-sent upgrades ----
+
+/// Half-sent upgrade requests (slowloris) count against `max_handshakes`, not
+/// `max_connections`, and a new connection drops the oldest pending handshake: twenty of them,
+/// with room for four connections, do not keep real clients out, and only completed upgrades
+/// are counted (the fifth real client gets 503).
+#[test]
+fn half_sent_upgrades_do_not_lock_real_clients_out() {
+    let config = Config { max_connections: 4, max_handshakes: 8, ..test_config() };
+    let server = TestServer::with(config, phx_threads::app::router(None), server::accept_all());
+    let mut half_open: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+            tcp.write_all(b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: x\r\n").unwrap();
+            tcp
+        })
+        .collect();
+    let mut clients: Vec<WsClient> = (0..4).map(|_| server.client()).collect();
+    for client in &mut clients {
+        client.join_ok(&unique_topic("room"));
+    }
+    // The twelve oldest were dropped to make room for newer handshakes: their streams end.
+    for (n, tcp) in half_open[..12].iter_mut().enumerate() {
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 16];
+        match tcp.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("half-open upgrade {n} still open: {other:?}"),
+        }
+    }
+    let err = WsClient::connect(server.addr(), "vsn=2.0.0").err().expect("over max_connections");
+    assert!(err.to_string().contains("503"), "{err}");
 }
