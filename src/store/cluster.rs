@@ -64,7 +64,26 @@ pub struct LocalCluster {
     run_as: Option<User>,
     running: bool,
     watchdog: Option<(Child, ChildStdin)>,
+    supervisor: Option<Supervisor>,
 }
+
+/// The `pg-supervisor` thread (`LocalCluster::supervise`).
+struct Supervisor {
+    /// Dropping it tells the thread to stop.
+    stop: crossbeam_channel::Sender<()>,
+    /// Disconnected when the thread has exited (it drops the sender as its last act).
+    exited: crossbeam_channel::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How often the supervisor looks at the postmaster: two small file reads.
+const SUPERVISE_POLL: Duration = Duration::from_millis(250);
+/// Restart backoff: the first attempt waits this long, each failure doubles it up to the cap.
+const RESTART_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A server that stayed up this long after a restart is healthy again: the backoff resets.
+/// One that dies sooner is crash-looping, and the backoff keeps growing.
+const RESTART_STABLE_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct User {
@@ -94,8 +113,15 @@ impl LocalCluster {
         let bin_dir = find_bin_dir()?;
         let run_as = if is_root() { Some(unprivileged_user()?) } else { None };
         let socket_dir = socket_dir_for(&options.data_dir);
-        let mut cluster =
-            LocalCluster { options, bin_dir, socket_dir, run_as, running: false, watchdog: None };
+        let mut cluster = LocalCluster {
+            options,
+            bin_dir,
+            socket_dir,
+            run_as,
+            running: false,
+            watchdog: None,
+            supervisor: None,
+        };
         // initdb wants an empty data directory, so the socket directory (possibly inside it)
         // comes after.
         cluster.prepare_dir(&cluster.options.data_dir)?;
@@ -165,6 +191,7 @@ impl LocalCluster {
     /// # Errors
     /// If `pg_ctl` fails or times out.
     pub fn stop(&mut self) -> Result<(), Error> {
+        self.stop_supervising();
         // Someone else (another `LocalCluster` that adopted it, an operator) may have
         // stopped it already.
         if !self.running || !self.pg_ctl_status()? {
@@ -195,6 +222,91 @@ impl LocalCluster {
     /// If the watchdog cannot be spawned.
     pub fn stop_on_exit_and_remove(&mut self, dir: &Path) -> Result<(), Error> {
         self.spawn_watchdog(Some(dir))
+    }
+
+    /// Restarts the server whenever its postmaster exits (a crash, `kill -9`, the OOM killer),
+    /// from a `pg-supervisor` thread that looks every `SUPERVISE_POLL`, with exponential
+    /// backoff between attempts (1 s doubling to 30 s) and a log line for each. Until `stop`
+    /// or drop. For the binary's own cluster (`store::bootstrap`); the pool and the listener
+    /// reconnect on their own once the server is back.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn supervise(&mut self) -> Result<(), Error> {
+        if self.supervisor.is_some() {
+            return Ok(());
+        }
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (alive, exited) = crossbeam_channel::bounded::<()>(0);
+        let copy = self.restarter();
+        let thread = std::thread::Builder::new()
+            .name("pg-supervisor".to_owned())
+            .spawn(move || {
+                supervise(copy, &stop_rx);
+                drop(alive);
+            })
+            .map_err(|e| Error::cluster("cannot spawn the cluster supervisor", Some(e)))?;
+        self.supervisor = Some(Supervisor { stop, exited, thread });
+        Ok(())
+    }
+
+    /// A copy of this cluster for the supervisor: it can start the server, but never stops
+    /// it (it is never `running`, so its drop does nothing); the owner does.
+    fn restarter(&self) -> LocalCluster {
+        LocalCluster {
+            options: self.options.clone(),
+            bin_dir: self.bin_dir.clone(),
+            socket_dir: self.socket_dir.clone(),
+            run_as: self.run_as.clone(),
+            running: false,
+            watchdog: None,
+            supervisor: None,
+        }
+    }
+
+    /// Ends supervision, waiting for a restart in progress (bounded by `command_timeout`).
+    fn stop_supervising(&mut self) {
+        let Some(Supervisor { stop, exited, thread }) = self.supervisor.take() else { return };
+        drop(stop);
+        let deadline = Instant::now() + self.options.command_timeout + SUPERVISE_POLL;
+        if exited.recv_deadline(deadline) == Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        {
+            let _ = thread.join();
+        } else {
+            log::warn!("the PostgreSQL supervisor did not stop in time");
+        }
+    }
+
+    /// One restart attempt: a postmaster killed with SIGKILL leaves `postmaster.pid` and the
+    /// socket's lock file behind, which are removed when the pid in them is not a live
+    /// postmaster (PostgreSQL itself trusts any pid that `kill(pid, 0)` accepts, a zombie's
+    /// too, and refuses to start); shared memory still attached by its dying backends makes the
+    /// start fail, and the backoff retries once they are gone.
+    fn restart(&mut self) -> Result<(), Error> {
+        if !postmaster_alive(&self.options.data_dir) {
+            let socket_lock = self.socket_dir.join(format!(".s.PGSQL.{PORT}.lock"));
+            for stale in [self.options.data_dir.join("postmaster.pid"), socket_lock] {
+                match std::fs::remove_file(&stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        let what = format!("cannot remove stale {}", stale.display());
+                        return Err(Error::cluster(what, Some(e)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let started = self.start_server();
+        self.running = false; // see `restarter`
+        started.map_err(|e| Error::cluster(format!("{e}; server.log: {}", self.log_tail()), None))
+    }
+
+    /// The server log's last FATAL line (else its last line), which says why a start failed;
+    /// pg_ctl does not.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.options.data_dir.join("server.log"));
+        let log = log.unwrap_or_default();
+        let fatal = log.lines().rev().find(|l| l.contains("FATAL"));
+        fatal.or_else(|| log.lines().last()).unwrap_or_default().to_owned()
     }
 
     fn spawn_watchdog(&mut self, remove: Option<&Path>) -> Result<(), Error> {
@@ -322,8 +434,59 @@ impl LocalCluster {
     }
 }
 
+/// The supervisor loop (`LocalCluster::supervise`): every wait is on `stop`, so it ends
+/// within `SUPERVISE_POLL` (or after the restart in progress).
+fn supervise(mut cluster: LocalCluster, stop: &crossbeam_channel::Receiver<()>) {
+    use crossbeam_channel::RecvTimeoutError::Timeout;
+    let data_dir = cluster.options.data_dir.clone();
+    let mut backoff = RESTART_BACKOFF_FIRST;
+    let mut up_since = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        if stop.recv_timeout(SUPERVISE_POLL) != Err(Timeout) {
+            return;
+        }
+        if postmaster_alive(&data_dir) {
+            continue;
+        }
+        if attempt == 0 && up_since.elapsed() >= RESTART_STABLE_AFTER {
+            backoff = RESTART_BACKOFF_FIRST;
+        }
+        attempt += 1;
+        log::warn!("PostgreSQL is not running; restart attempt {attempt} in {backoff:?}");
+        if stop.recv_timeout(backoff) != Err(Timeout) {
+            return;
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+        match cluster.restart() {
+            Ok(()) => {
+                log::info!("PostgreSQL restarted (attempt {attempt})");
+                (attempt, up_since) = (0, Instant::now());
+            }
+            Err(e) => log::error!("PostgreSQL restart attempt {attempt} failed: {e}"),
+        }
+    }
+}
+
+/// True if `postmaster.pid` in `data_dir` names a live (not zombie) `postgres` process.
+/// Reads `/proc`, which works whichever user the server runs as.
+fn postmaster_alive(data_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else { return false };
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+        return false;
+    };
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let is_postgres = std::fs::read_to_string(proc_dir.join("comm"))
+        .is_ok_and(|comm| comm.trim_end() == "postgres");
+    // The state follows the last ')' of `stat` (the command name may contain one).
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    is_postgres && matches!(state, Some(s) if s != 'Z' && s != 'X')
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        self.stop_supervising();
         if let Err(e) = self.stop() {
             log::error!("stopping the local PostgreSQL: {e}");
         }

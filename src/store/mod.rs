@@ -321,6 +321,8 @@ pub fn bootstrap(
             let mut cluster = LocalCluster::start(data_dir)?;
             // If we die without unwinding, PostgreSQL should not outlive us.
             cluster.stop_on_exit()?;
+            // If PostgreSQL dies without us, it comes back.
+            cluster.supervise()?;
             cluster.create_database(LOCAL_DATABASE)?;
             (cluster.url(LOCAL_DATABASE), Some(cluster))
         }

@@ -6,12 +6,17 @@ use serde_json::json;
 use crate::http::api::{ApiError, ApiRequest, ApiResponse};
 use crate::http::handlers::Ctx;
 
-/// Always 200 while the process serves HTTP; `database` says whether Postgres answers.
+/// 200 while the server can do its work; 503 while its database does not answer, so that a
+/// load balancer or systemd notices (the private cluster is restarted by its supervisor, an
+/// external one by its operator). Without a database (`--no-database`) there is nothing to
+/// wait for: 200, `database` says `down`.
 pub fn healthz(_: &ApiRequest, ctx: &Ctx, _: &[String]) -> Result<ApiResponse, ApiError> {
-    let up = ctx.store.as_ref().is_some_and(|store| store.is_up());
-    let database = if up { "up" } else { "down" };
-    Ok(ApiResponse::json(200, &json!({ "status": "ok", "database": database }))
-        .with_header("Cache-Control", "no-store"))
+    let (status, body) = match &ctx.store {
+        Some(store) if store.is_up() => (200, json!({ "status": "ok", "database": "up" })),
+        Some(_) => (503, json!({ "status": "unavailable", "database": "down" })),
+        None => (200, json!({ "status": "ok", "database": "down" })),
+    };
+    Ok(ApiResponse::json(status, &body).with_header("Cache-Control", "no-store"))
 }
 
 /// `socket_url` is `public_ws_url` if configured, else `ws://<host the browser used>:<ws_port>
