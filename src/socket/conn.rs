@@ -284,6 +284,13 @@ impl ConnShared {
         self.close(CloseReason::SlowConsumer);
     }
 
+    /// Runs `f` with the outbound lock held, so a test can stand in for a writer stuck on it.
+    #[cfg(test)]
+    pub(super) fn with_out_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _held = self.out.lock();
+        f()
+    }
+
     fn start_flusher(self: &Arc<Self>, st: &mut OutState) -> bool {
         // A previous flusher has already left its loop (draining was false); reap it.
         if let Some(old) = st.flusher.take() {

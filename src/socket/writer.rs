@@ -191,3 +191,41 @@ fn run(queue: &WriterQueue) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::socket::conn::OutLimits;
+
+    /// A writer that cannot finish its job (here: stuck on a connection's lock) must not hang
+    /// shutdown: `stop` gives up at its deadline and says so.
+    #[test]
+    fn stop_gives_up_on_a_stuck_writer_at_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = Arc::new(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+        let pool = WriterPool::start(1, 8).unwrap();
+        let limits = OutLimits { max_pending_bytes: 1024, flusher_stack_bytes: 64 * 1024 };
+        let conn = Arc::new(ConnShared::new(1, tcp, limits, pool.for_connection(1)));
+        let (locked_tx, locked) = bounded(1);
+        let (release, released) = bounded::<()>(1);
+        let holder = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                conn.with_out_lock(|| {
+                    locked_tx.send(()).unwrap();
+                    let _ = released.recv_timeout(Duration::from_secs(30));
+                })
+            })
+        };
+        locked.recv_timeout(Duration::from_secs(5)).unwrap();
+        pool.for_connection(1).push(conn).unwrap();
+        let started = Instant::now();
+        assert!(!pool.stop(started + Duration::from_millis(200)), "reported as not stopped");
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        release.send(()).unwrap();
+        holder.join().unwrap();
+    }
+}
