@@ -399,37 +399,31 @@ impl Socket {
         None
     }
 
+    /// `phx_leave`: the channel replies ok and exits; the socket waits for that (without
+    /// blocking its read loop) until `channel_send_timeout`, then completes the leave itself.
     fn leave(&mut self, m: Message) {
         let Some(joined) = self.channels.get_mut(&m.topic) else {
-            // Not joined: Phoenix answers ok so the client's leave completes.
-            let (jr, r) = (m.join_ref.as_deref(), m.ref_.as_deref());
-            self.reply(jr, r, &m.topic, "ok", &Payload::empty());
-            return;
+            return self.leave_ok(&m); // not joined: Phoenix answers ok so the leave completes
         };
         if m.join_ref.as_ref().is_some_and(|jr| *jr != joined.join_ref) {
             return; // stale: the client raced a server-side close
         }
-        let deadline = Instant::now() + self.endpoint.config.channel_send_timeout;
-        let leave = Leave { ref_: m.ref_.clone(), deadline };
         if joined.leaving.is_some() {
-            self.abandon(&m.topic, leave.ref_); // asked twice: the client is done waiting
-            return;
+            return self.abandon(&m.topic, m.ref_); // asked twice: the client is done waiting
         }
-        match joined.tx.try_send(channel::Msg::Leave { ref_: m.ref_ }) {
-            Ok(()) => joined.leaving = Some(leave),
+        let deadline = Instant::now() + self.endpoint.config.channel_send_timeout;
+        match joined.tx.try_send(channel::Msg::Leave { ref_: m.ref_.clone() }) {
+            Ok(()) => joined.leaving = Some(Leave { ref_: m.ref_, deadline }),
             // Its inbox is full: the channel is far behind, so do not wait for it at all.
-            Err(TrySendError::Full(_)) => self.abandon(&m.topic, leave.ref_),
+            Err(TrySendError::Full(_)) => self.abandon(&m.topic, m.ref_),
             // It just exited (its exit notice is on the way): nothing left to leave.
-            Err(TrySendError::Disconnected(_)) => {
-                self.reply(
-                    m.join_ref.as_deref(),
-                    leave.ref_.as_deref(),
-                    &m.topic,
-                    "ok",
-                    &Payload::empty(),
-                );
-            }
+            Err(TrySendError::Disconnected(_)) => self.leave_ok(&m),
         }
+    }
+
+    fn leave_ok(&self, m: &Message) {
+        let (join_ref, ref_) = (m.join_ref.as_deref(), m.ref_.as_deref());
+        self.reply(join_ref, ref_, &m.topic, "ok", &Payload::empty());
     }
 
     /// Completes a leave the channel did not acknowledge in time (it is stuck in a callback):
