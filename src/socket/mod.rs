@@ -501,7 +501,10 @@ impl Socket {
     }
 
     fn forward(&mut self, m: Message) -> Result<(), End> {
-        let Some(joined) = self.channels.get(&m.topic) else {
+        // A channel that was asked to leave handles nothing more: it exits right after the
+        // leave, and an event queued behind it would be dropped without an answer.
+        let joined = self.channels.get(&m.topic).filter(|j| j.leaving.is_none());
+        let Some(joined) = joined else {
             self.reply_unmatched(&m);
             return Ok(());
         };
