@@ -176,6 +176,7 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         Err(e) => log::debug!("futex hash left as is: {e}"),
     }
     let ws_addr = listener.local_addr()?;
+    let waker = listener.try_clone()?;
     let pubsub = PubSubProcess::start(config.registry_mailbox, config.spread_fanout)?;
     // Each writer mailbox holds at most one entry per connection (`socket/writer.rs`):
     // upgraded ones, handshakes, and dropped handshakes whose threads are ending.
@@ -196,7 +197,6 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     let stopping = Arc::new(AtomicBool::new(false));
     let (conns, stop, pool) = (connections.clone(), stopping.clone(), writers.clone());
     let (alive, acceptor_exited) = crossbeam_channel::bounded::<()>(0);
-    let waker = listener.try_clone()?;
     let spawned = process::spawn("ws-accept".into(), 256 * 1024, move || {
         accept_loop(listener, endpoint, pool, conns, stop);
         drop(alive);
