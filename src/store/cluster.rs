@@ -2,7 +2,8 @@
 //! (`phx-threads` without `--database-url`) and for the tests.
 //!
 //! Threads: runs on the caller's thread; it spawns `initdb`/`pg_ctl` and waits for each with
-//! a deadline (a helper thread waits for the child, the caller waits on a channel).
+//! a deadline (a helper thread waits for the child, the caller waits on a channel). With
+//! `supervise`, a `pg-supervisor` thread watches the postmaster and restarts it when it dies.
 //!
 //! The server listens only on a Unix socket in a directory of ours
 //! (`listen_addresses=''`), so there are no port clashes and nothing is reachable over TCP.
@@ -268,7 +269,8 @@ impl LocalCluster {
     fn stop_supervising(&mut self) {
         let Some(Supervisor { stop, exited, thread }) = self.supervisor.take() else { return };
         drop(stop);
-        let deadline = Instant::now() + self.options.command_timeout + SUPERVISE_POLL;
+        // A restart is a `pg_ctl start` and a readiness wait, each bounded by command_timeout.
+        let deadline = Instant::now() + self.options.command_timeout * 2 + SUPERVISE_POLL;
         if exited.recv_deadline(deadline) == Err(crossbeam_channel::RecvTimeoutError::Disconnected)
         {
             let _ = thread.join();
