@@ -16,7 +16,7 @@ mod scale;
 // Hardening of the WebSocket side: closing handshake, limits, half-open upgrades, stuck leaves.
 mod ws_hardening;
 // The binary restarts its private PostgreSQL after kill -9; /healthz says 503 meanwhile.
-mod supervision;
+pub mod supervision;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;

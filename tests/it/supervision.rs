@@ -16,22 +16,38 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Deadline for the supervisor to bring PostgreSQL back (first backoff 1 s, then a start).
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `phx-threads` binary with its own private cluster; SIGTERM, then SIGKILL, on drop.
-struct Binary {
+/// The `phx-threads` binary on loopback ports; SIGTERM, then SIGKILL, on drop.
+pub struct Binary {
     child: Child,
+    pub ws: SocketAddr,
     http: SocketAddr,
+    /// Its stderr, when captured: everything it logged, read to the end (`stop`).
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 impl Binary {
+    /// With its own private cluster in `data_dir`; its log goes to ours.
     fn start(data_dir: &Path) -> Binary {
+        let data_dir = data_dir.to_str().expect("a UTF-8 temp dir");
+        Binary::start_with(&["--data-dir", data_dir], false)
+    }
+
+    /// With extra command-line `args`; `capture_stderr` keeps its log for `stop`.
+    pub fn start_with(args: &[&str], capture_stderr: bool) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_phx-threads"))
             .args(["serve", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
+            .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .expect("spawn phx-threads");
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut log = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut pipe, &mut log);
+                log
+            })
+        });
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = crossbeam_channel::bounded(1);
         // The one line the binary prints when it serves: "phx-threads listening ws=.. http=..".
@@ -41,11 +57,34 @@ impl Binary {
             let _ = tx.send(line);
             lines.for_each(drop);
         });
-        let mut binary = Binary { child, http: "127.0.0.1:0".parse().unwrap() };
+        let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut binary = Binary { child, ws: unbound, http: unbound, stderr };
         let line = rx.recv_timeout(START_TIMEOUT).ok().flatten().expect("the binary serves");
-        let http = line.rsplit("http=").next().unwrap().trim();
-        binary.http = http.parse().expect("an http address");
+        let addr = |key: &str| line.split(key).nth(1)?.split_whitespace().next()?.parse().ok();
+        binary.ws = addr("ws=").expect("a websocket address");
+        binary.http = addr("http=").expect("an http address");
         binary
+    }
+
+    /// SIGTERM, waits for the exit, and returns what it logged (if captured).
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        let log = self.stderr.take().map(|t| t.join().expect("stderr reader"));
+        String::from_utf8_lossy(&log.unwrap_or_default()).into_owned()
+    }
+
+    fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn request(&self, method: &str, path: &str, body: &str) -> Response {
@@ -77,17 +116,9 @@ impl Binary {
 
 impl Drop for Binary {
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::park_timeout(Duration::from_millis(50));
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -33,7 +33,11 @@ enum Frame {
 
 impl RawWs {
     fn connect(server: &TestServer) -> RawWs {
-        let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+        RawWs::connect_to(server.addr())
+    }
+
+    fn connect_to(addr: std::net::SocketAddr) -> RawWs {
+        let mut tcp = TcpStream::connect(addr).expect("connect");
         tcp.set_read_timeout(Some(WAIT)).unwrap();
         let head = format!(
             "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\n\
@@ -350,4 +354,20 @@ fn half_sent_upgrades_do_not_lock_real_clients_out() {
     }
     let err = WsClient::connect(server.addr(), "vsn=2.0.0").err().expect("over max_connections");
     assert!(err.to_string().contains("503"), "{err}");
+}
+
+/// One join of a 1 MB topic used to write a 1 MB log line. The binary's whole log stays made of
+/// short lines: the topic is refused before anything logs it, and client text that is logged
+/// goes through `logger::shown`.
+#[test]
+fn a_huge_topic_never_reaches_the_log() {
+    let binary = crate::supervision::Binary::start_with(&["--no-database"], true);
+    let mut ws = RawWs::connect_to(binary.ws);
+    let huge = format!("nomatch:{}", "x".repeat(1_000_000));
+    ws.send_json(&json!(["1", "1", huge, "phx_join", {}]));
+    let answered = ws.read();
+    assert!(!matches!(answered, Frame::Eof), "the server answers");
+    let log = binary.stop();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 1024, "a {longest}-byte log line");
 }
