@@ -448,12 +448,20 @@ impl Acceptor {
                 "refusing an http connection: max connections ({}) reached",
                 self.limits.max_connections
             );
-            refuse_busy(sock, self.limits.error_body);
+            refuse_busy(sock, "too many connections", self.limits.error_body);
             return;
         }
         let slot = Slot::take(&self.open);
         let _ = sock.set_timeouts(Some(CONNECTION_IO_TIMEOUT));
-        let client = match self.split(sock) {
+        // The read half's descriptor; out of descriptors, the client still gets its answer.
+        let dup = match sock.try_clone() {
+            Ok(dup) => dup,
+            Err(e) => {
+                log::warn!("refusing an http connection: {e}");
+                return refuse_busy(sock, "out of file descriptors", self.limits.error_body);
+            }
+        };
+        let client = match self.split(dup, sock) {
             Ok((read, write)) => ClientConnection::new(write, read, self.limits.clone()),
             Err(e) => return log::warn!("dropping an http connection: {e}"),
         };
@@ -469,13 +477,14 @@ impl Acceptor {
         }
     }
 
-    /// The read and write halves (two descriptors), after the TLS handshake if any.
+    /// The read and write halves, after the TLS handshake if any.
     fn split(
         &self,
+        dup: Connection,
         sock: Connection,
     ) -> IoResult<(util::RefinedTcpStream, util::RefinedTcpStream)> {
         match self.ssl {
-            None => util::RefinedTcpStream::new(sock),
+            None => Ok(util::RefinedTcpStream::from_pair(dup, sock)),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Some(ref ssl) => util::RefinedTcpStream::new(ssl.accept(sock).map_err(IoError::other)?),
             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
@@ -518,8 +527,8 @@ impl Drop for Slot {
 /// Answers 503 without blocking the accept thread: whatever the client already sent is read
 /// (so closing does not reset the connection and destroy the answer), then the answer is
 /// written into the empty send buffer, then the connection is closed.
-fn refuse_busy(mut sock: Connection, error_body: ErrorBody) {
-    let refusal = refusal::Refusal::new(503, "too many connections");
+fn refuse_busy(mut sock: Connection, why: &str, error_body: ErrorBody) {
+    let refusal = refusal::Refusal::new(503, why);
     if sock.set_nonblocking(true).is_err() {
         return;
     }

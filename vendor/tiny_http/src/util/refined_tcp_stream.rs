@@ -115,6 +115,17 @@ impl RefinedTcpStream {
         Ok((read, write))
     }
 
+    /// phx-threads patch 7: the halves from two descriptors of one socket, duplicated by the
+    /// caller, which can still answer the client when duplicating fails.
+    pub(crate) fn from_pair<S: Into<Stream>>(
+        read: S,
+        write: S,
+    ) -> (RefinedTcpStream, RefinedTcpStream) {
+        let read = RefinedTcpStream { stream: read.into(), close_read: true, close_write: false };
+        let write = RefinedTcpStream { stream: write.into(), close_read: false, close_write: true };
+        (read, write)
+    }
+
     /// phx-threads patch 6: bounds the next blocking read.
     pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> IoResult<()> {
         self.stream.set_read_timeout(timeout)
