@@ -40,6 +40,9 @@ pub struct ClientConnection {
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
 
+    // the last request's body was too large to read: it is still arriving
+    unread_body: bool,
+
     // true if the connection goes through SSL
     secure: bool,
 }
@@ -65,6 +68,7 @@ impl ClientConnection {
             sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
             limits,
             no_more_requests: false,
+            unread_body: false,
             secure,
         }
     }
@@ -101,6 +105,12 @@ impl ClientConnection {
         if refusal.write_to(writer, self.limits.error_body).is_err() {
             return;
         }
+        self.linger();
+    }
+
+    /// Closes after a last answer: FIN first, then what the client still sends is dropped,
+    /// within bounds, so that the close does not reset the connection and the answer with it.
+    fn linger(&mut self) {
         let _ = self.reader.get_mut().get_mut().shutdown_write();
         self.set_deadline(LINGER);
         let _ =
@@ -116,6 +126,7 @@ impl ClientConnection {
             // The rest of the stream is the unread body: no further request can be read.
             Body::Oversized(n) => {
                 self.no_more_requests = true;
+                self.unread_body = true;
                 (Vec::new(), std::convert::TryFrom::try_from(n).unwrap_or(usize::MAX))
             }
         };
@@ -178,6 +189,10 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // Called again only once the last request was answered (see `serve` in lib.rs).
+            if self.unread_body {
+                self.linger();
+            }
             return None;
         }
         // Taken first, so that a refusal is written after every earlier response.
