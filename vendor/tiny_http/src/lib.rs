@@ -443,28 +443,13 @@ impl Acceptor {
 
     /// Gives the connection a thread of the pool, or refuses it when too many are open.
     fn admit(&self, sock: Connection, tasks_pool: &util::TaskPool) {
-        if self.open.load(Relaxed) >= self.limits.max_connections {
-            log::warn!(
-                "refusing an http connection: max connections ({}) reached",
-                self.limits.max_connections
-            );
-            refuse_busy(sock, "too many connections", self.limits.error_body);
-            return;
+        let max = self.limits.max_connections;
+        if self.open.load(Relaxed) >= max {
+            log::warn!("refusing an http connection: max connections ({max}) reached");
+            return refuse_busy(sock, "too many connections", self.limits.error_body);
         }
         let slot = Slot::take(&self.open);
-        let _ = sock.set_timeouts(Some(CONNECTION_IO_TIMEOUT));
-        // The read half's descriptor; out of descriptors, the client still gets its answer.
-        let dup = match sock.try_clone() {
-            Ok(dup) => dup,
-            Err(e) => {
-                log::warn!("refusing an http connection: {e}");
-                return refuse_busy(sock, "out of file descriptors", self.limits.error_body);
-            }
-        };
-        let client = match self.split(dup, sock) {
-            Ok((read, write)) => ClientConnection::new(write, read, self.limits.clone()),
-            Err(e) => return log::warn!("dropping an http connection: {e}"),
-        };
+        let Some(client) = self.client(sock) else { return };
         let messages = self.messages.clone();
         let mut task = Some(move || serve(client, &messages, slot));
         let spawned = tasks_pool.spawn(Box::new(move || {
@@ -474,6 +459,27 @@ impl Acceptor {
         }));
         if let Err(e) = spawned {
             log::error!("dropping an http connection: cannot start a thread: {e}");
+        }
+    }
+
+    /// The connection's reading and writing halves, or `None` after answering 503 when the
+    /// process is out of descriptors for the second half.
+    fn client(&self, sock: Connection) -> Option<ClientConnection> {
+        let _ = sock.set_timeouts(Some(CONNECTION_IO_TIMEOUT));
+        let dup = match sock.try_clone() {
+            Ok(dup) => dup,
+            Err(e) => {
+                log::warn!("refusing an http connection: {e}");
+                refuse_busy(sock, "out of file descriptors", self.limits.error_body);
+                return None;
+            }
+        };
+        match self.split(dup, sock) {
+            Ok((read, write)) => Some(ClientConnection::new(write, read, self.limits.clone())),
+            Err(e) => {
+                log::warn!("dropping an http connection: {e}");
+                None
+            }
         }
     }
 
