@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Smoke run of every load scenario (CI): a few hundred connections and a few rounds each,
 # against phx-threads and, when node is installed, the Socket.IO peer too. Checks only that
-# every scenario ran and reported (its CSV has a data row; `rest` may report SKIPPED when the
-# server cannot start its own PostgreSQL), never the numbers.
+# every scenario ran and reported (its CSV has a data row; `rest` and `slowbody` may report
+# SKIPPED when the server cannot start its own PostgreSQL), never the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,9 @@ check "$out/slow.csv" 2
 if ! grep -q '^rest: SKIPPED' "$log"; then
   check "$out/rest.csv" 4
 fi
+if ! grep -q '^slowbody: SKIPPED' "$log"; then
+  check "$out/slowbody.csv" 4
+fi
 [ -s "$out/scaling.svg" ] || { echo "smoke: FAIL: no $out/scaling.svg"; fail=1; }
 if pgrep -f "target/release/phx-threads serve" >/dev/null || pgrep -f "benches/peer/server.js" >/dev/null; then
   echo "smoke: FAIL: a server outlived the bench"
@@ -47,4 +50,4 @@ if [ "$status" -ne 0 ] || [ "$fail" -ne 0 ]; then
   echo "smoke: FAILED (bench exit $status)"
   exit 1
 fi
-echo "smoke: 5 passed, 0 failed"
+echo "smoke: 6 passed, 0 failed"

@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::Config;
+use crate::http::HttpConfig;
 
 pub const HELP: &str = "\
 phx-threads: a Phoenix Channels server on OS threads
@@ -31,6 +33,12 @@ OPTIONS (environment variable in brackets):
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
     --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
                               [PHX_CHECK_ORIGIN, default: any]
+    --http-max-connections N  open REST connections; more get 503
+                              [PHX_HTTP_MAX_CONNECTIONS, default 1024]
+    --http-head-timeout-ms N  a REST request head, and a keep-alive wait, must end within
+                              this (408) [PHX_HTTP_HEAD_TIMEOUT_MS, default 10000]
+    --http-body-timeout-ms N  a REST request body must arrive within this (408)
+                              [PHX_HTTP_BODY_TIMEOUT_MS, default 30000]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -52,6 +60,10 @@ pub struct Args {
     pub data_dir: PathBuf,
     pub static_dir: PathBuf,
     pub public_ws_url: Option<String>,
+    // The REST port's limits (see `HttpConfig`).
+    pub http_max_connections: usize,
+    pub http_head_timeout: Duration,
+    pub http_body_timeout: Duration,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -96,6 +108,9 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         data_dir: PathBuf::from("data"),
         static_dir: PathBuf::from("superheroes-react/dist"),
         public_ws_url: None,
+        http_max_connections: HttpConfig::default().max_connections,
+        http_head_timeout: HttpConfig::default().head_timeout,
+        http_body_timeout: HttpConfig::default().body_timeout,
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -110,6 +125,9 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_MAX_FRAME_BYTES", "--max-frame-bytes"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
         ("PHX_CHECK_ORIGIN", "--check-origin"),
+        ("PHX_HTTP_MAX_CONNECTIONS", "--http-max-connections"),
+        ("PHX_HTTP_HEAD_TIMEOUT_MS", "--http-head-timeout-ms"),
+        ("PHX_HTTP_BODY_TIMEOUT_MS", "--http-body-timeout-ms"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -140,9 +158,16 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
             args.ws.check_origin =
                 value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
         }
+        "--http-max-connections" => args.http_max_connections = number()?,
+        "--http-head-timeout-ms" => args.http_head_timeout = millis(number()?),
+        "--http-body-timeout-ms" => args.http_body_timeout = millis(number()?),
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())
+}
+
+fn millis(n: usize) -> Duration {
+    Duration::from_millis(n as u64)
 }
 
 #[cfg(test)]
@@ -188,5 +213,18 @@ mod tests {
                 .starts_with("PHX_MAX_CHANNELS")
         );
         assert_eq!(parse_with(&["migrate"], &[]).unwrap().command, Command::Migrate);
+    }
+
+    #[test]
+    fn http_limits() {
+        let args = parse_with(
+            &["--http-max-connections", "5", "--http-head-timeout-ms", "1500"],
+            &[("PHX_HTTP_BODY_TIMEOUT_MS", "2500"), ("PHX_HTTP_MAX_CONNECTIONS", "9")],
+        )
+        .unwrap();
+        assert_eq!(args.http_max_connections, 5);
+        assert_eq!(args.http_head_timeout, Duration::from_millis(1500));
+        assert_eq!(args.http_body_timeout, Duration::from_millis(2500));
+        assert_eq!(parse_with(&[], &[]).unwrap().http_max_connections, 1024);
     }
 }

@@ -67,6 +67,9 @@ fn serve(args: Args) -> Result<(), String> {
         static_dir: Some(args.static_dir.clone()),
         public_ws_url: args.public_ws_url.clone(),
         ws_port: ws.ws_addr().port(),
+        max_connections: args.http_max_connections,
+        head_timeout: args.http_head_timeout,
+        body_timeout: args.http_body_timeout,
         ..HttpConfig::default()
     };
     let http = http::start(http_config, HttpDeps { store })

@@ -13,6 +13,8 @@ scenarios:
   slow        fan-out with and without one client that stops reading: eviction, others' p99
   rest        closed-loop GET/POST/PUT /api/superheroes with --subscribers on superheroes:lobby
               (starts the server with its own PostgreSQL; skipped with a message if that fails)
+  slowbody    REST GET/POST p50/p99 from a few clients while 0, 8 and 100 request bodies
+              trickle (1 byte / 2 s) for --duration each (default 10; database as for rest)
   all         every scenario above in turn (what benches/smoke.sh runs with --smoke)
   plot        redraw bench-results/scaling.svg from bench-results/scaling.csv
 
@@ -181,13 +183,15 @@ impl Opts {
                 "sustained" => 400 + 2 * self.duration.map_or(30, |d| d.as_secs()),
                 "slow" => 300 + 4 * self.duration.map_or(30, |d| d.as_secs()),
                 "rest" => 500 + 2 * self.duration.map_or(20, |d| d.as_secs()),
+                "slowbody" => 300 + 3 * (self.duration.map_or(10, |d| d.as_secs()) + 5),
                 _ => 120,
             }
         };
         let total = match self.scenario.as_str() {
-            "all" => {
-                ["scaling", "fanout", "sustained", "slow", "rest"].iter().map(|s| one(s)).sum()
-            }
+            "all" => ["scaling", "fanout", "sustained", "slow", "rest", "slowbody"]
+                .iter()
+                .map(|s| one(s))
+                .sum(),
             s => one(s),
         };
         Duration::from_secs(total * peer)

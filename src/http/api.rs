@@ -144,11 +144,13 @@ impl ApiError {
 
     /// 400 with `"Bad Request: <why>"`.
     pub fn bad_request(why: impl std::fmt::Display) -> ApiError {
-        ApiError {
-            status: 400,
-            errors: json!({"detail": format!("Bad Request: {why}")}),
-            headers: Vec::new(),
-        }
+        ApiError::detailed(400, why)
+    }
+
+    /// `{"errors":{"detail": "<reason phrase>: <why>"}}`.
+    pub fn detailed(status: u16, why: impl std::fmt::Display) -> ApiError {
+        let detail = format!("{}: {why}", reason(status));
+        ApiError { status, errors: json!({"detail": detail}), headers: Vec::new() }
     }
 
     /// 405 with the `Allow` header listing what the path does accept.
@@ -189,16 +191,31 @@ impl From<store::Error> for ApiError {
     }
 }
 
+/// The body of the errors tiny_http answers before a request reaches a handler (a malformed
+/// head, ambiguous framing, a deadline, the connection limit), in the same shape as ours.
+/// An empty `why` gives the bare reason phrase, as `ApiError::status` does.
+pub fn transport_error_body(status: u16, why: &str) -> Vec<u8> {
+    let error =
+        if why.is_empty() { ApiError::status(status) } else { ApiError::detailed(status, why) };
+    serde_json::to_vec(&json!({"errors": error.errors})).expect("JSON values serialize")
+}
+
 /// The reason phrases Phoenix uses in `{"errors":{"detail": ..}}`.
 pub fn reason(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         422 => "Unprocessable Entity",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
         _ => "Internal Server Error",
     }
 }

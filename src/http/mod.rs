@@ -2,9 +2,12 @@
 //! that each loop on `Server::recv`, and returns an `HttpHandle` whose `shutdown` wakes every
 //! worker with `Server::unblock` and joins them within a bound.
 //!
-//! Threads: tiny_http runs its own accept thread and one thread per open connection (it
-//! parses requests there); our workers run routing, handlers and store calls. Each request
-//! is handled inside `catch_unwind`, so a panicking handler costs one 500, not a worker.
+//! Threads: tiny_http runs its own accept thread and one thread per open connection, at most
+//! `max_connections`. The connection's thread reads each request whole, head and body, each
+//! within its deadline, and answers malformed or ambiguous requests itself (JSON errors,
+//! then close); so our workers only ever see complete requests, and run routing, handlers
+//! and store calls. Each request is handled inside `catch_unwind`, so a panicking handler
+//! costs one 500, not a worker.
 //!
 //! **API Boundary:** `openapi.yaml` is the contract (a test checks it against `ROUTES`);
 //! `ApiError` is the only error that reaches a client. Every response carries
@@ -53,6 +56,15 @@ pub struct HttpConfig {
     pub public_ws_url: Option<String>,
     /// The WebSocket port `/config.json` combines with the request's Host name.
     pub ws_port: u16,
+    /// Open connections beyond this get 503 from the accept thread (each open connection
+    /// holds a thread).
+    pub max_connections: usize,
+    /// A request head must arrive whole within this, however slowly (408); idle keep-alive
+    /// connections are closed after it too. The WebSocket port's `handshake_timeout`.
+    pub head_timeout: Duration,
+    /// A request body must arrive whole within this (408). Bodies are read on the
+    /// connection's thread, so a slow one never holds a worker.
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -64,6 +76,9 @@ impl Default for HttpConfig {
             static_dir: None,
             public_ws_url: None,
             ws_port: 4080,
+            max_connections: 1024,
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -100,7 +115,7 @@ pub enum Error {
 pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
     let listener = TcpListener::bind(config.addr).map_err(Error::Bind)?;
     let addr = listener.local_addr().map_err(Error::Bind)?;
-    let server = tiny_http::Server::from_listener(listener, None)
+    let server = tiny_http::Server::with_limits(listener, None, limits(&config))
         .map_err(|e| Error::Bind(std::io::Error::other(e.to_string())))?;
     let server = Arc::new(server);
     let n_workers = config.n_workers.max(1);
@@ -131,6 +146,17 @@ pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
     drop(done_tx);
     log::info!("http listening on {addr} with {n_workers} workers");
     Ok(handle)
+}
+
+/// What tiny_http enforces before a request reaches a worker (vendor/tiny_http/PATCHES.md).
+fn limits(config: &HttpConfig) -> tiny_http::Limits {
+    tiny_http::Limits {
+        head_timeout: config.head_timeout,
+        body_timeout: config.body_timeout,
+        max_body_bytes: config.max_body_bytes,
+        max_connections: config.max_connections,
+        error_body: api::transport_error_body,
+    }
 }
 
 impl HttpHandle {
@@ -180,7 +206,7 @@ struct Worker {
 }
 
 impl Worker {
-    /// Serves requests until `unblock` (or an accept error) makes `recv` fail.
+    /// Serves requests until `unblock` makes `recv` fail.
     fn run(self) {
         while let Ok(request) = self.server.recv() {
             self.serve(request);
@@ -231,8 +257,8 @@ fn handle(request: &mut tiny_http::Request, ctx: &Ctx) -> ApiResponse {
     result.unwrap_or_else(ApiError::into_response)
 }
 
-/// Checks the media type (415) and size (413, first by Content-Length, then while reading)
-/// before reading at most `max` bytes.
+/// Checks the media type (415) and size (413) of the body tiny_http has already read whole
+/// (or left unread, when its Content-Length was over `max`).
 fn read_body(
     request: &mut tiny_http::Request,
     api: &ApiRequest,

@@ -20,6 +20,9 @@ pub mod supervision;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;
+// The REST port under hostile or broken clients: accept errors, deadlines, the connection
+// cap, request smuggling, malformed requests (issue #11).
+mod http_hardening;
 // The store: migrations, queries, NOTIFY events, the listener, the pool, outages.
 mod store;
 // superheroes:lobby with the database, the listener and real clients.

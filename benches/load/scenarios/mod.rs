@@ -5,6 +5,7 @@ mod fanout;
 mod rest;
 mod scaling;
 mod slow;
+mod slowbody;
 mod sustained;
 
 use std::sync::Arc;
@@ -26,10 +27,11 @@ pub fn run(opts: &Opts) -> Res {
         "sustained" => sustained::run(opts),
         "slow" => slow::run(opts),
         "rest" => rest::run(opts),
+        "slowbody" => slowbody::run(opts),
         "plot" => crate::plot::scaling(&opts.out),
         "all" => {
             let mut failed = Vec::new();
-            for s in ["scaling", "fanout", "sustained", "slow", "rest"] {
+            for s in ["scaling", "fanout", "sustained", "slow", "rest", "slowbody"] {
                 let mut o = opts.clone();
                 o.scenario = s.into();
                 if let Err(e) = run(&o) {

@@ -221,7 +221,7 @@ fn client(
     r
 }
 
-fn hero_id(body: &[u8]) -> Option<String> {
+pub(super) fn hero_id(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let id = v.get("data").and_then(|d| d.get("id")).or(v.get("id"))?;
     Some(match id {
@@ -231,17 +231,23 @@ fn hero_id(body: &[u8]) -> Option<String> {
 }
 
 /// A minimal keep-alive HTTP/1.1 client (Content-Length or chunked bodies).
-struct Http {
+pub(super) struct Http {
     addr: SocketAddr,
     conn: Option<BufReader<TcpStream>>,
+    /// For any one read of a response.
+    timeout: Duration,
 }
 
 impl Http {
-    fn new(addr: SocketAddr) -> Http {
-        Http { addr, conn: None }
+    pub(super) fn new(addr: SocketAddr) -> Http {
+        Http::with_timeout(addr, Duration::from_secs(30))
     }
 
-    fn request(
+    pub(super) fn with_timeout(addr: SocketAddr, timeout: Duration) -> Http {
+        Http { addr, conn: None, timeout }
+    }
+
+    pub(super) fn request(
         &mut self,
         method: &str,
         path: &str,
@@ -262,7 +268,7 @@ impl Http {
     ) -> std::io::Result<(u16, Vec<u8>)> {
         if self.conn.is_none() {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.set_read_timeout(Some(self.timeout))?;
             s.set_nodelay(true)?;
             self.conn = Some(BufReader::new(s));
         }

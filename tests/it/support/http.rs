@@ -121,13 +121,8 @@ pub fn read_response(stream: &mut TcpStream, head_only: bool) -> Response {
     };
     let head = String::from_utf8(raw[..head_end].to_vec()).expect("ASCII head");
     let mut rest = raw[head_end + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut response = Response { status, headers, body: Vec::new() };
+    let mut response = parse_head(&head);
+    let status = response.status;
     if head_only || status == 204 || status == 304 {
         return response;
     }
@@ -146,6 +141,57 @@ pub fn read_response(stream: &mut TcpStream, head_only: bool) -> Response {
         response.body = if chunked { dechunk(&rest) } else { rest };
     }
     response
+}
+
+/// A raw connection to `addr` whose reads and writes give up after `timeout`.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, timeout).expect("connect");
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.set_write_timeout(Some(timeout)).unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection; panics if it is still open
+/// when a read times out.
+pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return bytes,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            // A reset after the answer (the server closed with our data unread) also ends it.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return bytes,
+            Err(e) => {
+                panic!("connection still open ({e}) after {:?}", String::from_utf8_lossy(&bytes))
+            }
+        }
+    }
+}
+
+/// Splits what a server sent into responses (each framed by its Content-Length).
+pub fn parse_responses(mut bytes: &[u8]) -> Vec<Response> {
+    let mut responses = Vec::new();
+    while let Some(head_end) = find(bytes, b"\r\n\r\n") {
+        let mut response = parse_head(&String::from_utf8_lossy(&bytes[..head_end]));
+        let rest = &bytes[head_end + 4..];
+        let len = response.header("content-length").map_or(rest.len(), |v| v.parse().unwrap());
+        response.body = rest[..len.min(rest.len())].to_vec();
+        bytes = &rest[len.min(rest.len())..];
+        responses.push(response);
+    }
+    responses
+}
+
+/// The status line and headers (names lower-cased), with an empty body.
+fn parse_head(head: &str) -> Response {
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Response { status, headers, body: Vec::new() }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

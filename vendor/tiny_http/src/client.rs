@@ -1,54 +1,56 @@
-use ascii::AsciiString;
-
-use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
-
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::SocketAddr;
-use std::str::FromStr;
+use std::time::{Duration, Instant};
 
+use crate::body::{self, Body, Framing};
 use crate::common::{HTTPVersion, Method};
-use crate::util::RefinedTcpStream;
-use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::head::{self, Head, HeadError};
+use crate::refusal::Refusal;
+use crate::util::{DeadlineStream, RefinedTcpStream, SequentialWriter, SequentialWriterBuilder};
+use crate::{Limits, Request};
 
-/// phx-threads patch: limits on the request head (the request line and each header line,
-/// and the number of headers).
-const MAX_LINE_BYTES: usize = 8 * 1024;
-const MAX_HEADERS: usize = 100;
+/// phx-threads patch 6: after a refusal, how long and how much of the rest of the request is
+/// read and dropped before closing. Closing with unread data makes the kernel send a reset,
+/// which can destroy the answer before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+type Writer = SequentialWriter<BufWriter<RefinedTcpStream>>;
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
+///
+/// phx-threads patch 6: it reads each request whole (head and body, each under its own total
+/// deadline and size limit) before handing it on, so handler threads never wait for a
+/// client, and it closes the connection after any error in a request's head or framing.
 pub struct ClientConnection {
     // address of the client
     remote_addr: IoResult<Option<SocketAddr>>,
 
-    // sequence of Readers to the stream, so that the data is not read in
-    //  the wrong order
-    source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
+    // the request heads and bodies, read on this connection's thread
+    reader: BufReader<DeadlineStream>,
 
     // sequence of Writers to the stream, to avoid writing response #2 before
     //  response #1
     sink: SequentialWriterBuilder<BufWriter<RefinedTcpStream>>,
 
-    // Reader to read the next header from
-    next_header_source: SequentialReader<BufReader<RefinedTcpStream>>,
+    limits: Limits,
 
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
+
+    // the last request's body was too large to read: it is still arriving
+    unread_body: bool,
 
     // true if the connection goes through SSL
     secure: bool,
 }
 
-/// Error that can happen when reading a request.
-#[derive(Debug)]
-enum ReadError {
-    WrongRequestLine,
-    WrongHeader(HTTPVersion),
-    /// the client sent an unrecognized `Expect` header
-    ExpectationFailed(HTTPVersion),
-    ReadIoError(IoError),
+/// A request as read, before it becomes a `Request`.
+struct Parsed {
+    head: Head,
+    body: Body,
 }
 
 impl ClientConnection {
@@ -56,19 +58,17 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Limits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
-
-        let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
-        let first_header = source.next().unwrap();
-
         ClientConnection {
-            source,
-            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
             remote_addr,
-            next_header_source: first_header,
+            reader: BufReader::with_capacity(8 * 1024, DeadlineStream::new(read_socket)),
+            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
+            limits,
             no_more_requests: false,
+            unread_body: false,
             secure,
         }
     }
@@ -78,109 +78,105 @@ impl ClientConnection {
         self.secure
     }
 
-    /// Reads the next line from self.next_header_source.
-    ///
-    /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
-
-        loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
-            };
-
-            // phx-threads patch: a line longer than this cannot be a sane request line or
-            // header; upstream buffered it without limit.
-            if buf.len() >= MAX_LINE_BYTES {
-                return Err(IoError::new(ErrorKind::InvalidInput, "Header line too long"));
-            }
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
-            }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
+    /// Reads the next request, head then body, each within its deadline. An idle
+    /// keep-alive connection gets the head deadline too.
+    fn read(&mut self, writer: &mut Writer) -> Result<Parsed, HeadError> {
+        self.set_deadline(self.limits.head_timeout);
+        let head = head::read_head(&mut self.reader)?;
+        let framing = body::framing(&head.headers)?;
+        let oversized =
+            matches!(framing, Framing::Length(n) if n > self.limits.max_body_bytes as u64);
+        if framing != Framing::None && !oversized {
+            expect_continue(&head, writer)?;
         }
+        self.set_deadline(self.limits.body_timeout);
+        let body = body::read_body(&mut self.reader, framing, self.limits.max_body_bytes)?;
+        Ok(Parsed { head, body })
     }
 
-    /// Reads a request from the stream.
-    /// Blocks until the header has been read.
-    fn read(&mut self) -> Result<Request, ReadError> {
-        let (method, path, version, headers) = {
-            // reading the request line
-            let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+    fn set_deadline(&mut self, timeout: Duration) {
+        self.reader.get_mut().set_deadline(Instant::now() + timeout);
+    }
 
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
-            };
+    /// Answers `refusal` after any responses still due, then closes: FIN first, then the
+    /// rest of what the client sends is read and dropped, within bounds.
+    fn refuse(&mut self, refusal: &Refusal, writer: Writer) {
+        log::debug!("refusing a request: {} {}", refusal.status, refusal.detail);
+        if refusal.write_to(writer, self.limits.error_body).is_err() {
+            return;
+        }
+        self.linger();
+    }
 
-            // getting all headers
-            let headers = {
-                let mut headers = Vec::new();
-                loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+    /// Closes after a last answer: FIN first, then what the client still sends is dropped,
+    /// within bounds, so that the close does not reset the connection and the answer with it.
+    fn linger(&mut self) {
+        let _ = self.reader.get_mut().get_mut().shutdown_write();
+        self.set_deadline(LINGER);
+        let _ =
+            std::io::copy(&mut (&mut self.reader).take(LINGER_BYTES as u64), &mut std::io::sink());
+    }
 
-                    if line.is_empty() {
-                        break;
-                    };
-                    // phx-threads patch: bound the number of headers too.
-                    if headers.len() >= MAX_HEADERS {
-                        return Err(ReadError::WrongHeader(version));
-                    }
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
-                        Ok(h) => h,
-                        _ => return Err(ReadError::WrongHeader(version)),
-                    });
-                }
-
-                headers
-            };
-
-            (method, path, version, headers)
+    fn into_request(&mut self, parsed: Parsed, writer: Writer) -> Request {
+        let (body, declared) = match parsed.body {
+            Body::Complete(body) => {
+                let len = body.len();
+                (body, len)
+            }
+            // The rest of the stream is the unread body: no further request can be read.
+            Body::Oversized(n) => {
+                self.no_more_requests = true;
+                self.unread_body = true;
+                (Vec::new(), std::convert::TryFrom::try_from(n).unwrap_or(usize::MAX))
+            }
         };
-
-        // building the writer for the request
-        let writer = self.sink.next().unwrap();
-
-        // follow-up for next potential request
-        let mut data_source = self.source.next().unwrap();
-        std::mem::swap(&mut self.next_header_source, &mut data_source);
-
-        // building the next reader
-        let request = crate::request::new_request(
+        let head = parsed.head;
+        crate::request::complete_request(
             self.secure,
-            method,
-            path,
-            version.clone(),
-            headers,
-            *self.remote_addr.as_ref().unwrap(),
-            data_source,
+            head.method,
+            head.target,
+            head.version,
+            head.headers,
+            *self.remote_addr.as_ref().unwrap_or(&None),
+            body,
+            declared,
             writer,
         )
-        .map_err(|e| {
-            use crate::request;
-            match e {
-                request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
-                request::RequestCreationError::ExpectationFailed => {
-                    ReadError::ExpectationFailed(version)
-                }
-            }
-        })?;
+    }
 
-        // return the request
-        Ok(request)
+    /// Whether the client's `Connection` header or HTTP version ends the connection after
+    /// this request.
+    fn note_connection(&mut self, rq: &Request) {
+        let connection_header = rq
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str().to_ascii_lowercase());
+        let http_1_0 = *rq.http_version() == HTTPVersion(1, 0);
+        match connection_header {
+            Some(ref val) if val.contains("close") => self.no_more_requests = true,
+            Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
+            Some(ref val) if !val.contains("keep-alive") && http_1_0 => {
+                self.no_more_requests = true
+            }
+            None if http_1_0 => self.no_more_requests = true,
+            _ => (),
+        };
+    }
+}
+
+/// `Expect: 100-continue` gets its interim response before the body is read (curl waits a
+/// second for it); any other expectation is 417.
+fn expect_continue(head: &Head, writer: &mut Writer) -> Result<(), HeadError> {
+    let expect = head.headers.iter().find(|h| h.field.equiv("Expect"));
+    match expect.map(|h| h.value.as_str()) {
+        None => Ok(()),
+        Some(v) if v.eq_ignore_ascii_case("100-continue") => {
+            let sent =
+                writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").and_then(|()| writer.flush());
+            sent.map_err(|_| HeadError::Closed)
+        }
+        Some(_) => Err(Refusal::new(417, "only 100-continue is supported").into()),
     }
 }
 
@@ -190,135 +186,28 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // Called again only once the last request was answered (see `serve` in lib.rs).
+            if self.unread_body {
+                self.linger();
+            }
             return None;
         }
-
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+        // Taken first, so that a refusal is written after every earlier response.
+        let mut writer = self.sink.next().unwrap();
+        match self.read(&mut writer) {
+            Ok(parsed) => {
+                let rq = self.into_request(parsed, writer);
+                self.note_connection(&rq);
+                Some(rq)
             }
-
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
-
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
-
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
-
-            // returning the request
-            return Some(rq);
+            Err(HeadError::Refused(refusal)) => {
+                self.refuse(&refusal, writer);
+                None
+            }
+            Err(HeadError::Closed) => None,
         }
-    }
-}
-
-/// Parses a "HTTP/1.1" string.
-fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
-    };
-
-    Ok(HTTPVersion(major, minor))
-}
-
-/// Parses the request line of the request.
-/// eg. GET / HTTP/1.1
-fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
-    let mut parts = line.split(' ');
-
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
-
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
-}
-
-#[cfg(test)]
-mod test {
-    #[test]
-    fn test_parse_request_line() {
-        let (method, path, ver) = super::parse_request_line("GET /hello HTTP/1.1").unwrap();
-
-        assert!(method == crate::Method::Get);
-        assert!(path == "/hello");
-        assert!(ver == crate::common::HTTPVersion(1, 1));
-
-        assert!(super::parse_request_line("GET /hello").is_err());
-        assert!(super::parse_request_line("qsd qsd qsd").is_err());
     }
 }

@@ -102,12 +102,12 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
@@ -115,13 +115,17 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use refusal::{json_error_body, ErrorBody};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 
+mod body;
 mod client;
 mod common;
 mod connection;
+mod head;
+mod refusal;
 mod request;
 mod response;
 mod ssl;
@@ -182,8 +186,48 @@ pub struct ServerConfig {
     pub ssl: Option<SslConfig>,
 }
 
-/// phx-threads patch: the limit for any single read or write on a client connection.
+/// phx-threads patch: the limit for any single write on a client connection (reads have
+/// the deadlines of `Limits`).
 const CONNECTION_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// phx-threads patch 6: how long a connection waits for the answer to its request before it
+/// reads the next one. Handlers answer well within this; past it the connection is closed.
+const RESPONSE_WAIT: Duration = Duration::from_secs(120);
+
+/// phx-threads patches 6 and 7: the bounds on every client.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A request head must arrive whole within this, however slowly it trickles; an idle
+    /// keep-alive connection is closed silently after this long too.
+    pub head_timeout: Duration,
+    /// A request body must arrive whole within this (408 past it).
+    pub body_timeout: Duration,
+    /// Bodies are read before a handler sees the request, up to this size; a larger
+    /// `Content-Length` is not read (the handler sees it in `body_length`), a larger chunked
+    /// body is 413.
+    pub max_body_bytes: usize,
+    /// Open connections beyond this are answered 503 by the accept thread and closed.
+    pub max_connections: usize,
+    /// The body of every error response the server sends itself.
+    pub error_body: ErrorBody,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_body_bytes: 1 << 20,
+            max_connections: 1024,
+            error_body: json_error_body,
+        }
+    }
+}
+
+#[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+type SslContext = ();
+#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+type SslContext = crate::ssl::SslContextImpl;
 
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
@@ -201,10 +245,7 @@ impl Server {
     where
         A: ToSocketAddrs,
     {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: None,
-        })
+        Server::new(ServerConfig { addr: ConfigListenAddr::from_socket_addrs(addr)?, ssl: None })
     }
 
     /// Shortcut for an HTTPS server on a specific address.
@@ -229,10 +270,7 @@ impl Server {
     pub fn http_unix(
         path: &std::path::Path,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::unix_from_path(path),
-            ssl: None,
-        })
+        Server::new(ServerConfig { addr: ConfigListenAddr::unix_from_path(path), ssl: None })
     }
 
     /// Builds a new server that listens on the specified address.
@@ -248,6 +286,15 @@ impl Server {
     pub fn from_listener<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// phx-threads patch 6: `from_listener` with explicit `Limits`.
+    pub fn with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -265,10 +312,6 @@ impl Server {
         compile_error!(
             "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
         );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
         let ssl: Option<SslContext> = {
             match ssl_config {
                 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -289,82 +332,18 @@ impl Server {
         // and ClientConnection objects are pushed in the messages queue
         let messages = MessagesQueue::with_capacity(8);
 
-        let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-
-            log::debug!("Running accept thread");
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        // phx-threads patch: without timeouts an idle or trickling client
-                        // held its connection thread (and, while a body was drained, a
-                        // request-handling thread) forever. Idle keep-alive connections
-                        // are now closed after this long.
-                        let _ = sock.set_timeouts(Some(CONNECTION_IO_TIMEOUT));
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
-                    }
-                }
-            }
-            log::debug!("Terminating accept thread");
-        });
+        let acceptor = Acceptor {
+            listener: server,
+            ssl,
+            limits,
+            close: close_trigger.clone(),
+            messages: messages.clone(),
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        thread::Builder::new().name("http-accept".into()).spawn(move || acceptor.run())?;
 
         // result
-        Ok(Server {
-            messages,
-            close: close_trigger,
-            listening_addr: local_addr,
-        })
+        Ok(Server { messages, close: close_trigger, listening_addr: local_addr })
     }
 
     /// Returns an iterator for all the incoming requests.
@@ -420,6 +399,149 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+}
+
+/// phx-threads patch 7: the accept thread. Upstream left its loop on the first accept error
+/// (EMFILE, ECONNABORTED, ...) and handed the error to one `recv` caller, so REST stopped for
+/// good and a worker ended. Errors are now logged and retried after a growing pause, and
+/// connections beyond `Limits::max_connections` are answered 503 here, without a thread.
+struct Acceptor {
+    listener: Listener,
+    ssl: Option<SslContext>,
+    limits: Limits,
+    close: Arc<AtomicBool>,
+    messages: Arc<MessagesQueue<Message>>,
+    /// Connections with a thread; each holds a `Slot`.
+    open: Arc<AtomicUsize>,
+}
+
+/// First and longest pause after an accept error: short enough that a transient error costs
+/// little, long enough that a lasting one (out of file descriptors) does not spin a core.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl Acceptor {
+    fn run(self) {
+        let tasks_pool = util::TaskPool::new();
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        log::debug!("Running accept thread");
+        while !self.close.load(Relaxed) {
+            match self.listener.accept() {
+                Ok((sock, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    self.admit(sock, &tasks_pool);
+                }
+                Err(e) => {
+                    log::warn!("http accept failed: {e}; retrying in {backoff:?}");
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+        log::debug!("Terminating accept thread");
+    }
+
+    /// Gives the connection a thread of the pool, or refuses it when too many are open.
+    fn admit(&self, sock: Connection, tasks_pool: &util::TaskPool) {
+        let max = self.limits.max_connections;
+        if self.open.load(Relaxed) >= max {
+            log::warn!("refusing an http connection: max connections ({max}) reached");
+            return refuse_busy(sock, "too many connections", self.limits.error_body);
+        }
+        let slot = Slot::take(&self.open);
+        let Some(client) = self.client(sock) else { return };
+        let messages = self.messages.clone();
+        let mut task = Some(move || serve(client, &messages, slot));
+        let spawned = tasks_pool.spawn(Box::new(move || {
+            if let Some(task) = task.take() {
+                task()
+            }
+        }));
+        if let Err(e) = spawned {
+            log::error!("dropping an http connection: cannot start a thread: {e}");
+        }
+    }
+
+    /// The connection's reading and writing halves, or `None` after answering 503 when the
+    /// process is out of descriptors for the second half.
+    fn client(&self, sock: Connection) -> Option<ClientConnection> {
+        let _ = sock.set_timeouts(Some(CONNECTION_IO_TIMEOUT));
+        let dup = match sock.try_clone() {
+            Ok(dup) => dup,
+            Err(e) => {
+                log::warn!("refusing an http connection: {e}");
+                refuse_busy(sock, "out of file descriptors", self.limits.error_body);
+                return None;
+            }
+        };
+        match self.split(dup, sock) {
+            Ok((read, write)) => Some(ClientConnection::new(write, read, self.limits.clone())),
+            Err(e) => {
+                log::warn!("dropping an http connection: {e}");
+                None
+            }
+        }
+    }
+
+    /// The read and write halves, after the TLS handshake if any.
+    fn split(
+        &self,
+        dup: Connection,
+        sock: Connection,
+    ) -> IoResult<(util::RefinedTcpStream, util::RefinedTcpStream)> {
+        match self.ssl {
+            None => Ok(util::RefinedTcpStream::from_pair(dup, sock)),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Some(ref ssl) => util::RefinedTcpStream::new(ssl.accept(sock).map_err(IoError::other)?),
+            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+            Some(ref _ssl) => unreachable!(),
+        }
+    }
+}
+
+/// One connection's thread: hands its requests on one at a time, each after the previous one
+/// was answered, so a connection has at most one request queued for the workers (pipelined
+/// requests wait in the socket) and the head deadline of the next request starts once the
+/// answer is out.
+fn serve(client: ClientConnection, messages: &MessagesQueue<Message>, _slot: Slot) {
+    let (sender, answered) = mpsc::channel();
+    for rq in client {
+        messages.push(rq.with_notify_sender(sender.clone()).into());
+        if answered.recv_timeout(RESPONSE_WAIT).is_err() {
+            log::warn!("closing an http connection: no answer within {RESPONSE_WAIT:?}");
+            return;
+        }
+    }
+}
+
+/// A connection's place under `Limits::max_connections`, freed when its thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Relaxed);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Answers 503 without blocking the accept thread: whatever the client already sent is read
+/// (so closing does not reset the connection and destroy the answer), then the answer is
+/// written into the empty send buffer, then the connection is closed.
+fn refuse_busy(mut sock: Connection, why: &str, error_body: ErrorBody) {
+    let refusal = refusal::Refusal::new(503, why);
+    if sock.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let _ = std::io::Read::read(&mut sock, &mut buf);
+    let _ = refusal.write_to(&mut sock, error_body);
+    let _ = sock.shutdown(Shutdown::Write);
 }
 
 impl Iterator for IncomingRequests<'_> {

@@ -96,7 +96,8 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // phx-threads patch 6: the connection may have stopped waiting; not a panic.
+        self.sender.send(()).ok();
     }
 }
 
@@ -160,11 +161,7 @@ where
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
+        match headers.iter().find(|h: &&Header| h.field.equiv("Expect")).map(|h| h.value.as_str()) {
             None => false,
             Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
             _ => return Err(RequestCreationError::ExpectationFailed),
@@ -239,6 +236,39 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
     })
+}
+
+/// phx-threads patch 6: a request whose body the connection thread has already read whole
+/// (`body`), or left unread because it declared more than allowed (`body` empty,
+/// `declared_length` what it declared).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn complete_request<W>(
+    secure: bool,
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
+    remote_addr: Option<SocketAddr>,
+    body: Vec<u8>,
+    declared_length: usize,
+    writer: W,
+) -> Request
+where
+    W: Write + Send + 'static,
+{
+    Request {
+        data_reader: Some(Box::new(Cursor::new(body))),
+        response_writer: Some(Box::new(writer)),
+        remote_addr,
+        secure,
+        method,
+        path,
+        http_version: version,
+        headers,
+        body_length: Some(declared_length),
+        must_send_continue: false,
+        notify_when_responded: None,
+    }
 }
 
 impl Request {
@@ -323,10 +353,7 @@ impl Request {
 
         let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
         if let Some(sender) = self.notify_when_responded.take() {
-            let stream = NotifyOnDrop {
-                sender,
-                inner: stream,
-            };
+            let stream = NotifyOnDrop { sender, inner: stream };
             Box::new(stream) as Box<dyn ReadWrite + Send>
         } else {
             Box::new(stream) as Box<dyn ReadWrite + Send>
@@ -390,10 +417,7 @@ impl Request {
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
         let writer = self.extract_writer_impl();
         if let Some(sender) = self.notify_when_responded.take() {
-            let writer = NotifyOnDrop {
-                sender,
-                inner: writer,
-            };
+            let writer = NotifyOnDrop { sender, inner: writer };
             Box::new(writer) as Box<dyn Write + Send + 'static>
         } else {
             writer
@@ -435,7 +459,7 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            sender.send(()).ok();
         }
         res
     }
@@ -477,11 +501,7 @@ impl Request {
 
 impl fmt::Debug for Request {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> Result<(), fmt::Error> {
-        write!(
-            formatter,
-            "Request({} {} from {:?})",
-            self.method, self.path, self.remote_addr
-        )
+        write!(formatter, "Request({} {} from {:?})", self.method, self.path, self.remote_addr)
     }
 }
 
@@ -491,7 +511,7 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                sender.send(()).ok();
             }
         }
     }

@@ -12,12 +12,23 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    /// phx-threads patch 7: duplicating the descriptor fails when the process is out of
+    /// file descriptors (EMFILE); upstream's `Clone` panicked, killing the accept thread.
+    fn try_clone(&self) -> IoResult<Self> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
+        }
+    }
+
+    /// phx-threads patch 6: the connection thread's deadlines.
+    fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(timeout),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
         }
     }
 }
@@ -89,27 +100,41 @@ pub struct RefinedTcpStream {
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let (read, write) = (stream.try_clone()?, stream);
 
-        let read = RefinedTcpStream {
-            stream: read,
-            close_read: true,
-            close_write: false,
-        };
+        let read = RefinedTcpStream { stream: read, close_read: true, close_write: false };
 
-        let write = RefinedTcpStream {
-            stream: write,
-            close_read: false,
-            close_write: true,
-        };
+        let write = RefinedTcpStream { stream: write, close_read: false, close_write: true };
 
+        Ok((read, write))
+    }
+
+    /// phx-threads patch 7: the halves from two descriptors of one socket, duplicated by the
+    /// caller, which can still answer the client when duplicating fails.
+    pub(crate) fn from_pair<S: Into<Stream>>(
+        read: S,
+        write: S,
+    ) -> (RefinedTcpStream, RefinedTcpStream) {
+        let read = RefinedTcpStream { stream: read.into(), close_read: true, close_write: false };
+        let write = RefinedTcpStream { stream: write.into(), close_read: false, close_write: true };
         (read, write)
+    }
+
+    /// phx-threads patch 6: bounds the next blocking read.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> IoResult<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    /// phx-threads patch 6: sends FIN after a refusal, so the client sees the end of the
+    /// answer while the rest of its request is drained.
+    pub(crate) fn shutdown_write(&mut self) -> IoResult<()> {
+        self.stream.shutdown(Shutdown::Write)
     }
 
     /// Returns true if this struct wraps around a secure connection.

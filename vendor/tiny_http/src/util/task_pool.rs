@@ -58,7 +58,8 @@ impl TaskPool {
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            // Idle spares only; `spawn` makes a thread when none is left.
+            let _ = pool.add_thread(None);
         }
 
         pool
@@ -66,7 +67,10 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
+    ///
+    /// phx-threads patch 7: fails, instead of panicking in the caller (the accept thread),
+    /// when the OS refuses a new thread.
+    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) -> std::io::Result<()> {
         let mut queue = self.sharing.todo.lock().unwrap();
 
         // phx-threads patch: a woken thread stays counted in `waiting_tasks` until it has
@@ -75,17 +79,18 @@ impl TaskPool {
         // whole connection) then waited until some other connection closed. Spawn a thread
         // unless an idle one is left over for this task.
         if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
+            self.add_thread(Some(code))
         } else {
             queue.push_back(code);
             self.sharing.condvar.notify_one();
+            Ok(())
         }
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) -> std::io::Result<()> {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        let spawned = thread::Builder::new().name("http-conn".into()).spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -129,14 +134,13 @@ impl TaskPool {
                 task();
             }
         });
+        spawned.map(drop)
     }
 }
 
 impl Drop for TaskPool {
     fn drop(&mut self) {
-        self.sharing
-            .active_tasks
-            .store(999_999_999, Ordering::Release);
+        self.sharing.active_tasks.store(999_999_999, Ordering::Release);
         self.sharing.condvar.notify_all();
     }
 }
