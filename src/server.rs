@@ -18,6 +18,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::channel::Router;
 use crate::config::Config;
+use crate::presence::TrackerProcess;
 use crate::process;
 use crate::pubsub::{PubSub, PubSubProcess};
 use crate::socket::conn::{CloseReason, ConnShared, OutLimits};
@@ -73,6 +74,7 @@ impl Drop for ConnGuard {
 pub struct ServerHandle {
     ws_addr: SocketAddr,
     pubsub: Option<PubSubProcess>,
+    presence: Option<TrackerProcess>,
     writers: Arc<WriterPool>,
     connections: Arc<Connections>,
     stopping: Arc<AtomicBool>,
@@ -112,6 +114,15 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         }
     };
     let shutdown_timeout = config.shutdown_timeout;
+    let presence =
+        match router.presence_handle().map(|p| p.start(&config.presence, pubsub.pubsub.clone())) {
+            Some(Err(e)) => {
+                writers.stop();
+                pubsub.stop();
+                return Err(e);
+            }
+            started => started.and_then(Result::ok),
+        };
     let endpoint = Arc::new(Endpoint { config, router, connect, pubsub: pubsub.pubsub.clone() });
     let connections = Arc::new(Connections::default());
     let stopping = Arc::new(AtomicBool::new(false));
@@ -122,6 +133,9 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     let acceptor = match spawned {
         Ok(handle) => handle,
         Err(e) => {
+            if let Some(presence) = presence {
+                presence.stop();
+            }
             writers.stop();
             pubsub.stop();
             return Err(e);
@@ -131,6 +145,7 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     Ok(ServerHandle {
         ws_addr,
         pubsub: Some(pubsub),
+        presence,
         writers,
         connections,
         stopping,
@@ -169,6 +184,10 @@ impl ServerHandle {
         }
         // Connection threads are detached (see `admit`); each drops its guard as its last act.
         let clean = self.connections.wait_empty(deadline);
+        // Every channel has ended, so every exit notice is queued: the tracker may go.
+        if let Some(presence) = self.presence.take() {
+            presence.stop();
+        }
         self.writers.stop();
         if let Some(pubsub) = self.pubsub.take() {
             pubsub.stop();
