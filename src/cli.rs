@@ -29,6 +29,11 @@ OPTIONS (environment variable in brackets):
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
     --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
                               [PHX_CHECK_ORIGIN, default: any]
+    --presence-window-ms N    presence changes to a topic within N ms go out as one
+                              presence_diff [PHX_PRESENCE_WINDOW_MS, default 50]
+    --presence-max-meta-bytes N   [PHX_PRESENCE_MAX_META_BYTES, default 1024]
+    --presence-max-metas-per-key N   [PHX_PRESENCE_MAX_METAS_PER_KEY, default 64]
+    --presence-max-per-topic N    [PHX_PRESENCE_MAX_PER_TOPIC, default 100000]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -107,6 +112,10 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_MAX_FRAME_BYTES", "--max-frame-bytes"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
         ("PHX_CHECK_ORIGIN", "--check-origin"),
+        ("PHX_PRESENCE_WINDOW_MS", "--presence-window-ms"),
+        ("PHX_PRESENCE_MAX_META_BYTES", "--presence-max-meta-bytes"),
+        ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
+        ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -136,6 +145,12 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
             args.ws.check_origin =
                 value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
         }
+        "--presence-window-ms" => {
+            args.ws.presence.window = std::time::Duration::from_millis(number()? as u64)
+        }
+        "--presence-max-meta-bytes" => args.ws.presence.max_meta_bytes = number()?,
+        "--presence-max-metas-per-key" => args.ws.presence.max_metas_per_key = number()?,
+        "--presence-max-per-topic" => args.ws.presence.max_per_topic = number()?,
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())
