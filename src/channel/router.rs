@@ -44,7 +44,8 @@ impl Router {
         self
     }
 
-    pub(crate) fn presence_handle(&self) -> Option<&crate::presence::Presence> {
+    /// The mounted presence handle, to share with further channels.
+    pub fn presence_handle(&self) -> Option<&crate::presence::Presence> {
         self.presence.as_ref()
     }
 

@@ -13,6 +13,8 @@ mod handshake;
 mod channels;
 // Many connections at once: fan-out to 1,000 sockets and thread accounting.
 mod scale;
+// Presence: state and diffs over real sockets, every way a member leaves, limits.
+mod presence;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;
