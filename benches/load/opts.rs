@@ -13,6 +13,8 @@ scenarios:
   slow        fan-out with and without one client that stops reading: eviction, others' p99
   rest        closed-loop GET/POST/PUT /api/superheroes with --subscribers on superheroes:lobby
               (starts the server with its own PostgreSQL; skipped with a message if that fails)
+  presence    join storm: N members (1k, 5k, 10k; PRESENCE_SIZES=...) join one room at once;
+              time until all hold N presence keys, frames and bytes per member, CPU, RSS
   all         every scenario above in turn (what benches/smoke.sh runs with --smoke)
   plot        redraw bench-results/scaling.svg from bench-results/scaling.csv
 
@@ -181,12 +183,14 @@ impl Opts {
                 "sustained" => 400 + 2 * self.duration.map_or(30, |d| d.as_secs()),
                 "slow" => 300 + 4 * self.duration.map_or(30, |d| d.as_secs()),
                 "rest" => 500 + 2 * self.duration.map_or(20, |d| d.as_secs()),
+                "presence" => 900,
                 _ => 120,
             }
         };
         let total = match self.scenario.as_str() {
             "all" => {
-                ["scaling", "fanout", "sustained", "slow", "rest"].iter().map(|s| one(s)).sum()
+                let all = ["scaling", "fanout", "sustained", "slow", "rest", "presence"];
+                all.iter().map(|s| one(s)).sum()
             }
             s => one(s),
         };

@@ -146,6 +146,8 @@ pub struct State {
     values: HashMap<Dot, Presence>,
     /// topic → key → dots, in join order.
     topics: HashMap<Arc<str>, BTreeMap<Arc<str>, Vec<Dot>>>,
+    /// Presences per topic, so the topic limit costs no walk over the topic.
+    counts: HashMap<Arc<str>, usize>,
     owners: HashMap<Owner, Vec<Dot>>,
     delta: Delta,
     limits: Limits,
@@ -159,6 +161,7 @@ impl State {
             context: Context::default(),
             values: HashMap::new(),
             topics: HashMap::new(),
+            counts: HashMap::new(),
             owners: HashMap::new(),
             delta: Delta::default(),
             limits,
@@ -275,8 +278,7 @@ impl State {
         if metas >= self.limits.max_metas_per_key {
             return Err(PresenceError::TooManyMetas(self.limits.max_metas_per_key));
         }
-        let total: usize = keys.map_or(0, |k| k.values().map(Vec::len).sum());
-        if total >= self.limits.max_per_topic {
+        if self.counts.get(topic).copied().unwrap_or(0) >= self.limits.max_per_topic {
             return Err(PresenceError::TopicFull(self.limits.max_per_topic));
         }
         Ok(())
@@ -304,6 +306,7 @@ impl State {
     }
 
     fn insert(&mut self, dot: Dot, presence: Presence) {
+        *self.counts.entry(presence.topic.clone()).or_default() += 1;
         let keys = self.topics.entry(presence.topic.clone()).or_default();
         keys.entry(presence.key.clone()).or_default().push(dot.clone());
         self.owners.entry(presence.owner).or_default().push(dot.clone());
@@ -329,6 +332,9 @@ impl State {
             }
             if keys.is_empty() {
                 self.topics.remove(&presence.topic);
+                self.counts.remove(&presence.topic);
+            } else if let Some(count) = self.counts.get_mut(&presence.topic) {
+                *count -= 1;
             }
         }
         if let Some(dots) = self.owners.get_mut(&presence.owner) {

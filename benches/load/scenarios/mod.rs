@@ -2,6 +2,7 @@
 //! writes a CSV under the results directory.
 
 mod fanout;
+mod presence;
 mod rest;
 mod scaling;
 mod slow;
@@ -26,10 +27,11 @@ pub fn run(opts: &Opts) -> Res {
         "sustained" => sustained::run(opts),
         "slow" => slow::run(opts),
         "rest" => rest::run(opts),
+        "presence" => presence::run(opts),
         "plot" => crate::plot::scaling(&opts.out),
         "all" => {
             let mut failed = Vec::new();
-            for s in ["scaling", "fanout", "sustained", "slow", "rest"] {
+            for s in ["scaling", "fanout", "sustained", "slow", "rest", "presence"] {
                 let mut o = opts.clone();
                 o.scenario = s.into();
                 if let Err(e) = run(&o) {
