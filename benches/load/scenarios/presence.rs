@@ -100,8 +100,11 @@ fn storm(opts: &Opts, n: usize) -> Res<Vec<String>> {
             shared.converged.load(Relaxed),
         );
         if last_print.elapsed() >= Duration::from_secs(1) {
+            let server_cpu = target::proc_stat(server.pid).unwrap_or_default().cpu_s - cpu0;
+            let own_cpu = target::self_stat().cpu_s;
             println!(
-                "  [{n}] joined {joined} failed {failed} converged {conv} at {:.1} s",
+                "  [{n}] joined {joined} failed {failed} converged {conv} at {:.1} s \
+                 (cpu: server {server_cpu:.1} s, generator {own_cpu:.1} s)",
                 t0.elapsed().as_secs_f64()
             );
             last_print = Instant::now();
@@ -176,6 +179,9 @@ struct Member {
     keys: Vec<u64>,
     count: usize,
     frames: u64,
+    /// Diffs that came before the first state (the fastlane can overtake the channel's push):
+    /// held and applied after it, as phoenix.js does.
+    early: Option<Vec<Vec<u8>>>,
 }
 
 /// One generator thread's members and its event loop.
@@ -268,6 +274,7 @@ impl Members {
                 keys,
                 count: 0,
                 frames: 0,
+                early: Some(Vec::new()),
             });
         }
     }
@@ -333,8 +340,7 @@ impl Members {
             }
         }
         let mut at = 0;
-        loop {
-            let Some(frame) = wire::decode_frame(&self.members[i].buf[at..])? else { break };
+        while let Some(frame) = wire::decode_frame(&self.members[i].buf[at..])? {
             let payload = at + frame.payload.start..at + frame.payload.end;
             let text = std::mem::take(&mut self.members[i].buf);
             self.on_message(i, &text[payload]);
@@ -367,14 +373,28 @@ impl Members {
         self.count_keys(i, msg, state);
     }
 
-    /// Applies a state (replace) or a diff (joins, then leaves) to member `i`'s key set.
+    /// Counts a presence frame and applies it to member `i`'s key set.
     fn count_keys(&mut self, i: usize, msg: &[u8], state: bool) {
         let m = &mut self.members[i];
-        let was_done = m.count == self.n;
         m.frames += 1;
         self.shared.frames.fetch_add(1, Relaxed);
         self.shared.bytes.fetch_add(msg.len() as u64, Relaxed);
         self.shared.max_frames.fetch_max(m.frames, Relaxed);
+        match (&mut m.early, state) {
+            (Some(early), false) => early.push(msg.to_vec()),
+            (early, true) => {
+                let held = early.take().unwrap_or_default();
+                self.apply(i, msg, true);
+                held.iter().for_each(|diff| self.apply(i, diff, false));
+            }
+            (None, false) => self.apply(i, msg, false),
+        }
+    }
+
+    /// A state replaces the key set; a diff adds its joins and removes its leaves.
+    fn apply(&mut self, i: usize, msg: &[u8], state: bool) {
+        let m = &mut self.members[i];
+        let was_done = m.count == self.n;
         if state {
             m.keys.iter_mut().for_each(|w| *w = 0);
             m.count = 0;
@@ -428,12 +448,13 @@ impl Members {
     }
 }
 
-/// Calls `f(offset, i)` for every entry `"m<i>":{"metas":` in `msg`.
+/// Calls `f(offset, i)` for every entry `"m<i>":{"metas":` in `msg`. The mark starts with
+/// `{`, a rare byte in presence payloads, which keeps the scan fast.
 fn for_each_key(msg: &[u8], mut f: impl FnMut(usize, usize)) {
-    const MARK: &[u8] = b"\":{\"metas\":";
+    const MARK: &[u8] = b"{\"metas\":";
     let mut from = 0;
     while let Some(rel) = find(&msg[from..], MARK) {
-        let end = from + rel;
+        let end = (from + rel).saturating_sub(2); // before `":`
         let start = msg[..end].iter().rposition(|&b| b == b'"').map_or(end, |q| q + 1);
         let key = &msg[start..end];
         if let Some(digits) = key.strip_prefix(b"m") {
@@ -441,7 +462,7 @@ fn for_each_key(msg: &[u8], mut f: impl FnMut(usize, usize)) {
                 f(end, i);
             }
         }
-        from = end + MARK.len();
+        from += rel + MARK.len();
     }
 }
 
