@@ -30,7 +30,9 @@ OPTIONS (environment variable in brackets):
     --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
                               [PHX_CHECK_ORIGIN, default: any]
     --presence-window-ms N    presence changes to a topic within N ms go out as one
-                              presence_diff [PHX_PRESENCE_WINDOW_MS, default 50]
+                              presence_diff, per thousand members of the topic
+                              [PHX_PRESENCE_WINDOW_MS, default 50]
+    --presence-max-window-ms N    longest diff window [PHX_PRESENCE_MAX_WINDOW_MS, default 1000]
     --presence-max-meta-bytes N   [PHX_PRESENCE_MAX_META_BYTES, default 1024]
     --presence-max-metas-per-key N   [PHX_PRESENCE_MAX_METAS_PER_KEY, default 64]
     --presence-max-per-topic N    [PHX_PRESENCE_MAX_PER_TOPIC, default 100000]
@@ -113,6 +115,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
         ("PHX_CHECK_ORIGIN", "--check-origin"),
         ("PHX_PRESENCE_WINDOW_MS", "--presence-window-ms"),
+        ("PHX_PRESENCE_MAX_WINDOW_MS", "--presence-max-window-ms"),
         ("PHX_PRESENCE_MAX_META_BYTES", "--presence-max-meta-bytes"),
         ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
         ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
@@ -147,6 +150,9 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         }
         "--presence-window-ms" => {
             args.ws.presence.window = std::time::Duration::from_millis(number()? as u64)
+        }
+        "--presence-max-window-ms" => {
+            args.ws.presence.max_window = std::time::Duration::from_millis(number()? as u64)
         }
         "--presence-max-meta-bytes" => args.ws.presence.max_meta_bytes = number()?,
         "--presence-max-metas-per-key" => args.ws.presence.max_metas_per_key = number()?,

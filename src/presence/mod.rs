@@ -43,9 +43,12 @@ pub const DIFF_EVENT: &str = "presence_diff";
 /// Presence settings (`Config::presence`, flags `--presence-*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceConfig {
-    /// Changes to one topic within this window go out as one `presence_diff` (default 50 ms):
-    /// a join storm costs each member one frame per window instead of one per join.
+    /// Changes to one topic within this window go out as one `presence_diff` (default 50 ms,
+    /// per started thousand members of the topic): a join storm costs each member one frame
+    /// per window instead of one per join.
     pub window: Duration,
+    /// The longest window, however big the topic (default 1 s).
+    pub max_window: Duration,
     /// Calls queued for the tracker before `track`/`update` answer `Overloaded` (65,536).
     /// Exit notices are never refused.
     pub mailbox: usize,
@@ -63,6 +66,7 @@ impl Default for PresenceConfig {
     fn default() -> PresenceConfig {
         PresenceConfig {
             window: Duration::from_millis(50),
+            max_window: Duration::from_secs(1),
             mailbox: 65_536,
             call_timeout: Duration::from_secs(5),
             max_meta_bytes: 1024,
@@ -146,7 +150,7 @@ impl Presence {
             max_per_topic: config.max_per_topic,
         };
         let state = State::new(replica_id().into(), limits);
-        let tracker = Tracker::new(state, config.window, pubsub);
+        let tracker = Tracker::new(state, (config.window, config.max_window), pubsub);
         let (tx, rx) = unbounded();
         let thread =
             process::spawn("presence".into(), 256 * 1024, move || tracker::run(tracker, rx))?;

@@ -228,6 +228,11 @@ impl State {
         dots.into_iter().flatten().map(|d| &self.values[d]).collect()
     }
 
+    /// Presences on `topic`.
+    pub fn count(&self, topic: &str) -> usize {
+        self.counts.get(topic).copied().unwrap_or(0)
+    }
+
     pub fn len(&self) -> usize {
         self.values.len()
     }

@@ -3,8 +3,8 @@
 //! Runs on: the `presence` thread. Mailbox: unbounded channel with a capacity check on the
 //! calls (`Presence::call` answers `Overloaded` past it, never blocks a channel) and none on
 //! exit notices, which must never be lost (`ExitGuard`).
-//! Coalescing: the changes to a topic open a window of `PresenceConfig::window`; when it ends
-//! they go out as one `presence_diff`, encoded once and broadcast on the topic through PubSub,
+//! Coalescing: the changes to a topic open a window of `PresenceConfig::window` per started
+//! thousand members (at most `max_window`); when it ends they go out as one `presence_diff`, encoded once and broadcast on the topic through PubSub,
 //! so it reaches every member by the fastlane. A join and a leave of the same meta within one
 //! window cancel out.
 //! **Invariant:** the `presence_state` handed to joiners is the topic as of the last diff sent
@@ -13,7 +13,7 @@
 //! it receives exactly the diffs its state lacks (and maybe some it already holds: the JS
 //! sync applies a join of a known `phx_ref` or a leave of an unknown one as a no-op).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,15 +46,17 @@ struct Topic {
 pub(crate) struct Tracker {
     pub state: State,
     topics: HashMap<Arc<str>, Topic>,
-    /// Topics with an open window, in the order they opened (all windows are equally long).
-    due: VecDeque<(Instant, Arc<str>)>,
+    /// Topics with an open window, by the time it ends.
+    due: BTreeSet<(Instant, Arc<str>)>,
     window: Duration,
+    max_window: Duration,
     pubsub: PubSub,
 }
 
 impl Tracker {
-    pub fn new(state: State, window: Duration, pubsub: PubSub) -> Tracker {
-        Tracker { state, topics: HashMap::new(), due: VecDeque::new(), window, pubsub }
+    pub fn new(state: State, windows: (Duration, Duration), pubsub: PubSub) -> Tracker {
+        let (window, max_window) = windows;
+        Tracker { state, topics: HashMap::new(), due: BTreeSet::new(), window, max_window, pubsub }
     }
 
     /// Queues `changes` for the diffs of their topics.
@@ -81,22 +83,26 @@ impl Tracker {
     fn window_of(&mut self, topic: &Arc<str>) -> &mut Changes {
         let view = self.topics.entry(topic.clone()).or_default();
         if view.window.is_none() {
-            self.due.push_back((Instant::now() + self.window, topic.clone()));
+            let members = self.state.count(topic);
+            self.due.insert((
+                Instant::now() + window_for(self.window, self.max_window, members),
+                topic.clone(),
+            ));
         }
         view.window.get_or_insert_with(Changes::default)
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.due.front().map(|(at, _)| *at)
+        self.due.first().map(|(at, _)| *at)
     }
 
     /// Sends the diffs of every window that has ended by `now`.
     fn flush_due(&mut self, now: Instant) {
-        while let Some((at, _)) = self.due.front() {
+        while let Some((at, _)) = self.due.first() {
             if *at > now {
                 return;
             }
-            let (_, topic) = self.due.pop_front().expect("front exists");
+            let (_, topic) = self.due.pop_first().expect("first exists");
             self.flush(topic, now);
         }
     }
@@ -114,7 +120,7 @@ impl Tracker {
             // member of the topic with a wrong list until it rejoins.
             log::error!("presence_diff on {topic} not sent ({e}); retrying");
             self.topics.get_mut(&topic).expect("topic exists").window = Some(window);
-            self.due.push_back((now + self.window, topic));
+            self.due.insert((now + self.window, topic));
             return;
         }
         self.publish(&topic, &window);
@@ -159,6 +165,14 @@ pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
         }
         tracker.flush_due(Instant::now());
     }
+}
+
+/// The window of a topic of `members`: `base` per started thousand members, at most `max`.
+/// A diff costs one frame per member, so a big room gets fewer, bigger diffs: with the
+/// defaults a room sends about 20,000 diff frames per second at most, whatever its size.
+fn window_for(base: Duration, max: Duration, members: usize) -> Duration {
+    let thousands = u32::try_from(members / 1000 + 1).unwrap_or(u32::MAX);
+    base.saturating_mul(thousands).min(max.max(base))
 }
 
 /// `{"joins": {...}, "leaves": {...}}`, assembled from the metas' encoded text.
@@ -206,4 +220,17 @@ fn empty_object() -> JsonText {
 fn raw_json(text: String) -> JsonText {
     let raw = serde_json::value::RawValue::from_string(text).expect("assembled valid JSON");
     JsonText::encode(&raw).expect("raw JSON encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn windows_grow_with_the_topic_up_to_the_cap() {
+        let (base, max) = (Duration::from_millis(50), Duration::from_secs(1));
+        let w = |members| super::window_for(base, max, members).as_millis();
+        assert_eq!([w(0), w(999), w(1000), w(10_000), w(100_000)], [50, 50, 100, 550, 1000]);
+        assert_eq!(super::window_for(base, Duration::ZERO, 5000), base, "never below the base");
+    }
 }

@@ -347,7 +347,12 @@ impl Members {
             self.members[i].buf = text;
             at += frame.len;
         }
-        self.members[i].buf.drain(..at);
+        let buf = &mut self.members[i].buf;
+        buf.drain(..at);
+        if buf.is_empty() && buf.capacity() > 64 * 1024 {
+            // A state frame grew it; 10k members must not each keep a state's worth.
+            *buf = Vec::new();
+        }
         Ok(())
     }
 
