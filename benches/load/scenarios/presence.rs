@@ -199,6 +199,8 @@ struct Members {
     last_heartbeat: Instant,
     /// The read buffer, reused by every member of the thread.
     chunk: Vec<u8>,
+    /// Members connecting, upgrading or joining.
+    busy: usize,
 }
 
 impl Members {
@@ -226,6 +228,7 @@ impl Members {
             state_bytes: None,
             last_heartbeat: Instant::now(),
             chunk: Vec::new(),
+            busy: 0,
         }
     }
 
@@ -251,17 +254,13 @@ impl Members {
 
     /// Keeps `inflight` members connecting or joining at once, as fast as they complete.
     fn open_more(&mut self) {
-        let busy = self
-            .members
-            .iter()
-            .filter(|m| matches!(m.phase, Phase::Connecting | Phase::Upgrading(_) | Phase::Joining))
-            .count();
-        for _ in busy..self.inflight {
+        while self.busy < self.inflight {
             let Some(id) = self.pending.pop() else { return };
             let Ok(mut stream) = TcpStream::connect(self.addr) else {
                 self.shared.failed.fetch_add(1, Relaxed);
                 continue;
             };
+            self.busy += 1;
             let token = Token(self.members.len());
             let interest = Interest::READABLE | Interest::WRITABLE;
             self.poll.registry().register(&mut stream, token, interest).expect("register");
@@ -360,6 +359,7 @@ impl Members {
         let head = &msg[..msg.len().min(96)];
         if self.members[i].phase == Phase::Joining && contains(head, b"\"phx_reply\"") {
             self.members[i].phase = Phase::Joined;
+            self.busy -= 1;
             self.shared.joined.fetch_add(1, Relaxed);
             self.shared.last_join_ns.fetch_max(crate::now_ns(), Relaxed);
             return;
@@ -445,6 +445,7 @@ impl Members {
         if m.phase != Phase::Closed {
             if m.phase != Phase::Joined {
                 self.shared.failed.fetch_add(1, Relaxed);
+                self.busy -= 1;
             }
             eprintln!("  member m{}: {why}", m.id);
             m.phase = Phase::Closed;
