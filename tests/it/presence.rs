@@ -254,8 +254,7 @@ fn one_user_on_two_sockets_is_one_key_with_two_metas_and_topics_are_isolated() {
     let mut tab2 = Member::join(&server, "ann", &topic);
     let mut elsewhere = Member::join(&server, "zed", &other);
     tab1.until(|v| v.key_names() == ["ann"] && v.keys["ann"].len() == 2);
-    let metas = &tab2.until(|v| v.keys.get("ann").is_some_and(|m| m.len() == 2));
-    assert!(!metas.is_empty());
+    tab2.until(|v| v.keys.get("ann").is_some_and(|m| m.len() == 2));
     let refs: Vec<&Value> = tab2.view.keys["ann"].iter().map(|m| &m["phx_ref"]).collect();
     assert_ne!(refs[0], refs[1], "each socket has its own phx_ref");
     elsewhere.until_keys(&["zed"]);
@@ -348,7 +347,7 @@ fn members_joining_while_a_diff_window_is_open_converge_to_the_same_list() {
 
 #[test]
 fn join_storm_costs_each_member_a_frame_per_window_not_per_join() {
-    let server = start(200);
+    let server = start(400);
     let topic = unique_topic("room");
     let names: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
     let mut members: Vec<Member> = names.iter().map(|n| Member::join(&server, n, &topic)).collect();
