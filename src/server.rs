@@ -4,7 +4,8 @@
 //! Runs on: the caller's thread (start/shutdown) and the `ws-accept` thread.
 //! Shutdown order: stop accepting → ask every connection to close with 1012 (each stops its
 //! channels, then closes its WebSocket, then joins its threads) → wait, bounded, until every
-//! connection thread has ended → stop the writer pool → stop the PubSub registry.
+//! connection thread has ended → stop the presence tracker → stop the writer pool → stop the
+//! PubSub registry.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

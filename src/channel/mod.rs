@@ -170,7 +170,8 @@ pub struct ChannelCtx {
     pending: Option<Vec<(String, Payload)>>,
     extra_topics: Vec<String>,
     /// Presence (`crate::presence`): the guard whose drop, on every way the channel thread
-    /// ends, tells the tracker to untrack this channel's presences.
+    /// ends, tells the tracker to untrack this channel's presences, and a `push_state` asked
+    /// for during `join` (sent once subscribed).
     pub(crate) presence: crate::presence::ChannelPresence,
 }
 

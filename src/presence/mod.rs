@@ -77,7 +77,8 @@ impl Default for PresenceConfig {
 }
 
 /// The application's presence handle (`MyAppWeb.Presence`); clone it into channel factories and
-/// mount it with `Router::presence` so the server starts and stops its tracker.
+/// mount it with `Router::presence` so the server starts and stops its tracker. One running
+/// server per handle: `app::router` makes a new one for every router.
 #[derive(Clone, Default)]
 pub struct Presence {
     inner: Arc<Mutex<Option<Running>>>,
