@@ -155,7 +155,17 @@ pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
             .next_due()
             .map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
         match rx.recv_timeout(wait) {
-            Ok(Msg::Call(call)) => call(&mut tracker),
+            Ok(Msg::Call(call)) => {
+                // A bug in one call must not take presence down for the whole server: the
+                // caller sees its reply channel close (`Unavailable`), the tracker goes on.
+                let run = std::panic::AssertUnwindSafe(|| call(&mut tracker));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    log::error!(
+                        "presence call panicked: {}",
+                        crate::process::panic_message(&*panic)
+                    );
+                }
+            }
             Ok(Msg::Exited(owner)) => {
                 let changes = tracker.state.untrack_owner(owner);
                 tracker.record(changes);
