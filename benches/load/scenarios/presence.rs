@@ -77,28 +77,47 @@ struct Shared {
 fn storm(opts: &Opts, n: usize) -> Res<Vec<String>> {
     let mut server = start(Kind::Phoenix, opts, &format!("presence-{n}"))?;
     let shared = Arc::new(Shared::default());
-    let threads = opts.client_threads.max(1);
-    let per_thread_inflight = (opts.inflight / threads).max(1);
     let cpu0 = target::proc_stat(server.pid).unwrap_or_default().cpu_s;
-    let t0 = Instant::now();
     let t0_ns = crate::now_ns();
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let ids: Vec<usize> = (t..n).step_by(threads).collect();
-            let (shared, addr, path) = (shared.clone(), server.ws, server.path.clone());
-            std::thread::spawn(move || {
-                Members::new(ids, n, addr, path, shared, per_thread_inflight).run()
-            })
-        })
-        .collect();
+    let handles = spawn_members(opts, n, &server, &shared);
+    wait_converged(&shared, n, &server, cpu0);
+    let stat = target::proc_stat(server.pid).unwrap_or_default();
+    let final_state = final_state_bytes(server.ws, &server.path);
+    shared.stop.store(true, Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    server.stop();
+    let measured = Measured { n, t0_ns, final_state: final_state?, cpu_s: stat.cpu_s - cpu0, stat };
+    Ok(row(&shared, &measured))
+}
+
+/// One generator thread per `--client-threads`, each with its share of the members.
+fn spawn_members(
+    opts: &Opts,
+    n: usize,
+    server: &target::Server,
+    shared: &Arc<Shared>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let threads = opts.client_threads.max(1);
+    let inflight = (opts.inflight / threads).max(1);
+    let spawn = |t: usize| {
+        let ids: Vec<usize> = (t..n).step_by(threads).collect();
+        let (shared, addr, path) = (shared.clone(), server.ws, server.path.clone());
+        std::thread::spawn(move || Members::new(ids, n, addr, path, shared, inflight).run())
+    };
+    (0..threads).map(spawn).collect()
+}
+
+/// Waits, printing progress every second, until every member holds N keys, or every member
+/// joined or failed and all joined ones converged, or the deadline.
+fn wait_converged(shared: &Shared, n: usize, server: &target::Server, cpu0: f64) {
+    let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(60 + n as u64 / 100);
     let mut last_print = Instant::now();
     while Instant::now() < deadline {
-        let (joined, failed, conv) = (
-            shared.joined.load(Relaxed),
-            shared.failed.load(Relaxed),
-            shared.converged.load(Relaxed),
-        );
+        let (joined, failed) = (shared.joined.load(Relaxed), shared.failed.load(Relaxed));
+        let conv = shared.converged.load(Relaxed);
         if last_print.elapsed() >= Duration::from_secs(1) {
             let server_cpu = target::proc_stat(server.pid).unwrap_or_default().cpu_s - cpu0;
             let own_cpu = target::self_stat().cpu_s;
@@ -110,19 +129,23 @@ fn storm(opts: &Opts, n: usize) -> Res<Vec<String>> {
             last_print = Instant::now();
         }
         if conv as usize == n || failed > 0 && (joined + failed) as usize == n && conv == joined {
-            break;
+            return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let stat = target::proc_stat(server.pid).unwrap_or_default();
-    let final_state = final_state_bytes(server.ws, &server.path)?;
-    shared.stop.store(true, Relaxed);
-    for h in handles {
-        let _ = h.join();
-    }
-    server.stop();
-    let s = &shared;
-    let members = n as f64;
+}
+
+/// What one storm measured besides the shared counters.
+struct Measured {
+    n: usize,
+    t0_ns: u64,
+    final_state: usize,
+    cpu_s: f64,
+    stat: target::ProcStat,
+}
+
+fn row(s: &Shared, m: &Measured) -> Vec<String> {
+    let (n, members) = (m.n, m.n as f64);
     let (last_join, last_conv) = (s.last_join_ns.load(Relaxed), s.last_converged_ns.load(Relaxed));
     let converged = s.converged.load(Relaxed);
     let settle = match converged as usize == n {
@@ -130,19 +153,19 @@ fn storm(opts: &Opts, n: usize) -> Res<Vec<String>> {
         false => "not converged".into(),
     };
     let bytes = s.bytes.load(Relaxed) as f64;
-    Ok(vec![
+    vec![
         n.to_string(),
-        format!("{:.2}", last_join.saturating_sub(t0_ns) as f64 / 1e9),
+        format!("{:.2}", last_join.saturating_sub(m.t0_ns) as f64 / 1e9),
         settle,
         format!("{converged}/{n}"),
         format!("{:.1}", s.frames.load(Relaxed) as f64 / members),
         s.max_frames.load(Relaxed).to_string(),
         format!("{:.0}", bytes / members / 1024.0),
-        format!("{:.0}", final_state as f64 / 1024.0),
-        format!("{:.2}", bytes / (members * final_state as f64)),
-        format!("{:.2}", stat.cpu_s - cpu0),
-        format!("{:.0}", stat.rss_kib as f64 / 1024.0),
-    ])
+        format!("{:.0}", m.final_state as f64 / 1024.0),
+        format!("{:.2}", bytes / (members * m.final_state as f64)),
+        format!("{:.2}", m.cpu_s),
+        format!("{:.0}", m.stat.rss_kib as f64 / 1024.0),
+    ]
 }
 
 /// The size of the room's `presence_state` payload once everyone is in: an observer joins as
