@@ -318,6 +318,16 @@ fn limits_refuse_the_join_with_a_clear_reason() {
     assert_eq!(reason(&mut c, json!({"key": "d"})), "topic has 4 presences already");
 }
 
+#[test]
+fn a_tracker_that_cannot_take_more_calls_refuses_the_join_clearly() {
+    let mut config = config(20);
+    config.presence.mailbox = 0;
+    let server = start_with(config);
+    let mut c = connect(&server, "late");
+    let (_, reply) = c.join(&unique_topic("room"), json!({}));
+    assert_eq!(reply["response"], json!({"reason": "presence tracker is overloaded"}));
+}
+
 /// Members join while a window is open (a long window makes sure of it) and leave during the
 /// next: every member's list, built from its state plus the diffs after it, ends up exact.
 #[test]
