@@ -4,7 +4,8 @@
 //! calls (`Presence::call` answers `Overloaded` past it, never blocks a channel) and none on
 //! exit notices, which must never be lost (`ExitGuard`).
 //! Coalescing: the changes to a topic open a window of `PresenceConfig::window` per started
-//! thousand members (at most `max_window`); when it ends they go out as one `presence_diff`, encoded once and broadcast on the topic through PubSub,
+//! thousand members (at most `max_window`); when it ends they go out as one `presence_diff`,
+//! encoded once and broadcast on the topic through PubSub,
 //! so it reaches every member by the fastlane. A join and a leave of the same meta within one
 //! window cancel out.
 //! **Invariant:** the `presence_state` handed to joiners is the topic as of the last diff sent
@@ -40,7 +41,25 @@ struct Topic {
     published: BTreeMap<Arc<str>, String>,
     /// `published` assembled into one `presence_state` payload; dropped by the next diff.
     cached_state: Option<JsonText>,
-    window: Option<Changes>,
+    window: Option<Window>,
+}
+
+/// The changes of a topic not yet sent. Joins are indexed by `phx_ref`, so that a leave of a
+/// meta joined in the same window (a reconnect storm) cancels it without a scan.
+#[derive(Default)]
+struct Window {
+    joins: HashMap<Arc<str>, Presence>,
+    leaves: Vec<Presence>,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    fn touched(&self) -> impl Iterator<Item = &Presence> {
+        self.joins.values().chain(&self.leaves)
+    }
 }
 
 pub(crate) struct Tracker {
@@ -62,14 +81,13 @@ impl Tracker {
     /// Queues `changes` for the diffs of their topics.
     pub fn record(&mut self, changes: Changes) {
         for join in changes.joins {
-            self.window_of(&join.topic).joins.push(join);
+            self.window_of(&join.topic).joins.insert(join.phx_ref.clone(), join);
         }
         for leave in changes.leaves {
             let window = self.window_of(&leave.topic);
-            match window.joins.iter().position(|j| j.phx_ref == leave.phx_ref) {
-                // Joined and left within one window: nobody was told, nobody needs to be.
-                Some(i) => drop(window.joins.remove(i)),
-                None => window.leaves.push(leave),
+            // Joined and left within one window: nobody was told, nobody needs to be.
+            if window.joins.remove(&leave.phx_ref).is_none() {
+                window.leaves.push(leave);
             }
         }
     }
@@ -80,7 +98,7 @@ impl Tracker {
         view.cached_state.get_or_insert_with(|| raw_json(assemble(view.published.values()))).clone()
     }
 
-    fn window_of(&mut self, topic: &Arc<str>) -> &mut Changes {
+    fn window_of(&mut self, topic: &Arc<str>) -> &mut Window {
         let view = self.topics.entry(topic.clone()).or_default();
         if view.window.is_none() {
             let members = self.state.count(topic);
@@ -89,7 +107,7 @@ impl Tracker {
                 topic.clone(),
             ));
         }
-        view.window.get_or_insert_with(Changes::default)
+        view.window.get_or_insert_with(Window::default)
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -111,7 +129,7 @@ impl Tracker {
         let Some(window) = self.topics.get_mut(&topic).and_then(|v| v.window.take()) else {
             return;
         };
-        if window.joins.is_empty() && window.leaves.is_empty() {
+        if window.is_empty() {
             return self.forget_if_empty(&topic);
         }
         let diff = diff_payload(&window);
@@ -127,10 +145,10 @@ impl Tracker {
     }
 
     /// Brings the published view of `topic` up to the live state for the keys `sent` touched.
-    fn publish(&mut self, topic: &Arc<str>, sent: &Changes) {
+    fn publish(&mut self, topic: &Arc<str>, sent: &Window) {
         let view = self.topics.get_mut(topic).expect("topic exists");
         view.cached_state = None;
-        for p in sent.joins.iter().chain(&sent.leaves) {
+        for p in sent.touched() {
             let metas = self.state.get_by_key(topic, &p.key);
             match metas.is_empty() {
                 true => view.published.remove(&p.key),
@@ -186,14 +204,16 @@ fn window_for(base: Duration, max: Duration, members: usize) -> Duration {
 }
 
 /// `{"joins": {...}, "leaves": {...}}`, assembled from the metas' encoded text.
-fn diff_payload(window: &Changes) -> JsonText {
-    let (joins, leaves) = (by_key(&window.joins), by_key(&window.leaves));
+fn diff_payload(window: &Window) -> JsonText {
+    let (joins, leaves) = (by_key(window.joins.values()), by_key(&window.leaves));
     let joins: Vec<String> = joins.iter().map(|(k, metas)| entry(k, metas)).collect();
     let leaves: Vec<String> = leaves.iter().map(|(k, metas)| entry(k, metas)).collect();
     raw_json(format!(r#"{{"joins":{},"leaves":{}}}"#, assemble(&joins), assemble(&leaves)))
 }
 
-fn by_key(presences: &[Presence]) -> BTreeMap<&str, Vec<&Presence>> {
+fn by_key<'a>(
+    presences: impl IntoIterator<Item = &'a Presence>,
+) -> BTreeMap<&'a str, Vec<&'a Presence>> {
     let mut keys: BTreeMap<&str, Vec<&Presence>> = BTreeMap::new();
     for p in presences {
         keys.entry(&p.key).or_default().push(p);
