@@ -39,6 +39,13 @@ OPTIONS (environment variable in brackets):
                               this (408) [PHX_HTTP_HEAD_TIMEOUT_MS, default 10000]
     --http-body-timeout-ms N  a REST request body must arrive within this (408)
                               [PHX_HTTP_BODY_TIMEOUT_MS, default 30000]
+    --presence-window-ms N    presence changes to a topic within N ms go out as one
+                              presence_diff, per thousand members of the topic
+                              [PHX_PRESENCE_WINDOW_MS, default 50]
+    --presence-max-window-ms N    longest diff window [PHX_PRESENCE_MAX_WINDOW_MS, default 1000]
+    --presence-max-meta-bytes N   [PHX_PRESENCE_MAX_META_BYTES, default 1024]
+    --presence-max-metas-per-key N   [PHX_PRESENCE_MAX_METAS_PER_KEY, default 64]
+    --presence-max-per-topic N    [PHX_PRESENCE_MAX_PER_TOPIC, default 100000]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -128,6 +135,11 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_HTTP_MAX_CONNECTIONS", "--http-max-connections"),
         ("PHX_HTTP_HEAD_TIMEOUT_MS", "--http-head-timeout-ms"),
         ("PHX_HTTP_BODY_TIMEOUT_MS", "--http-body-timeout-ms"),
+        ("PHX_PRESENCE_WINDOW_MS", "--presence-window-ms"),
+        ("PHX_PRESENCE_MAX_WINDOW_MS", "--presence-max-window-ms"),
+        ("PHX_PRESENCE_MAX_META_BYTES", "--presence-max-meta-bytes"),
+        ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
+        ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -161,6 +173,15 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--http-max-connections" => args.http_max_connections = number()?,
         "--http-head-timeout-ms" => args.http_head_timeout = millis(number()?),
         "--http-body-timeout-ms" => args.http_body_timeout = millis(number()?),
+        "--presence-window-ms" => {
+            args.ws.presence.window = std::time::Duration::from_millis(number()? as u64)
+        }
+        "--presence-max-window-ms" => {
+            args.ws.presence.max_window = std::time::Duration::from_millis(number()? as u64)
+        }
+        "--presence-max-meta-bytes" => args.ws.presence.max_meta_bytes = number()?,
+        "--presence-max-metas-per-key" => args.ws.presence.max_metas_per_key = number()?,
+        "--presence-max-per-topic" => args.ws.presence.max_per_topic = number()?,
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())

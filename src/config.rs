@@ -58,6 +58,8 @@ pub struct Config {
     /// A broadcast to at least this many subscribers is handed to the writers, which send it
     /// on every core; smaller ones the registry writes itself, waking no thread.
     pub spread_fanout: usize,
+    /// Presence: the diff window and the bounds on what clients put in (`PresenceConfig`).
+    pub presence: crate::presence::PresenceConfig,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             read_buffer_bytes: 1024,
             writer_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             spread_fanout: 512,
+            presence: crate::presence::PresenceConfig::default(),
         }
     }
 }

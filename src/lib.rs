@@ -13,6 +13,7 @@ pub mod protocol;
 
 pub mod channel;
 pub mod http;
+pub mod presence;
 pub mod pubsub;
 pub mod server;
 pub mod socket;
@@ -22,6 +23,7 @@ pub mod app;
 
 pub use channel::{Channel, ChannelCtx, Flow, HandleIn, Info, Router, StopReason};
 pub use config::Config;
+pub use presence::Presence;
 pub use protocol::Payload;
 pub use pubsub::PubSub;
 pub use server::{ServerHandle, ShutdownReport, start};

@@ -50,7 +50,7 @@ fn serve(args: Args) -> Result<(), String> {
         true => (None, None),
         false => database(&args).map(|(s, c)| (Some(s), c))?,
     };
-    let ws = server::start(args.ws.clone(), app::router(store.clone()), server::accept_all())
+    let ws = server::start(args.ws.clone(), app::router(store.clone()), app::connect())
         .map_err(|e| format!("cannot listen on {}: {e}", args.ws.ws_addr))?;
     let pubsub = ws.pubsub();
     let listener = match &store {

@@ -4,7 +4,8 @@
 //! Runs on: the caller's thread (start/shutdown) and the `ws-accept` thread.
 //! Shutdown order: stop accepting → ask every connection to close with 1012 (each stops its
 //! channels, then closes its WebSocket, then joins its threads) → wait, bounded, until every
-//! connection thread has ended → stop the writer pool → stop the PubSub registry.
+//! connection thread has ended → stop the presence tracker → stop the writer pool → stop the
+//! PubSub registry.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -19,6 +20,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::channel::Router;
 use crate::config::Config;
+use crate::presence::TrackerProcess;
 use crate::process;
 use crate::pubsub::{PubSub, PubSubProcess};
 use crate::socket::conn::{CloseReason, ConnShared, OutLimits};
@@ -143,6 +145,7 @@ impl Drop for ConnGuard {
 pub struct ServerHandle {
     ws_addr: SocketAddr,
     pubsub: Option<PubSubProcess>,
+    presence: Option<TrackerProcess>,
     writers: Arc<WriterPool>,
     connections: Arc<Connections>,
     stopping: Arc<AtomicBool>,
@@ -189,6 +192,15 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         }
     };
     let shutdown_timeout = config.shutdown_timeout;
+    let presence =
+        match router.presence_handle().map(|p| p.start(&config.presence, pubsub.pubsub.clone())) {
+            Some(Err(e)) => {
+                writers.stop(Instant::now() + Duration::from_secs(1));
+                pubsub.stop();
+                return Err(e);
+            }
+            started => started.and_then(Result::ok),
+        };
     let connections = Arc::new(Connections::default());
     let max_connections = config.max_connections;
     let admit = Box::new(Admission { connections: connections.clone(), max_connections });
@@ -204,6 +216,9 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     let acceptor = match spawned {
         Ok(handle) => handle,
         Err(e) => {
+            if let Some(presence) = presence {
+                presence.stop();
+            }
             writers.stop(Instant::now() + Duration::from_secs(1));
             pubsub.stop();
             return Err(e);
@@ -213,6 +228,7 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     Ok(ServerHandle {
         ws_addr,
         pubsub: Some(pubsub),
+        presence,
         writers,
         connections,
         stopping,
@@ -250,6 +266,10 @@ impl ServerHandle {
         }
         // Connection threads are detached (see `admit`); each drops its guard as its last act.
         let connections_closed = self.connections.wait_empty(deadline);
+        // Every channel has ended, so every exit notice is queued: the tracker may go.
+        if let Some(presence) = self.presence.take() {
+            presence.stop();
+        }
         // The writers only finish non-blocking sends; they get a moment even when the
         // connections used up the deadline.
         let writers_stopped = self.writers.stop(deadline.max(Instant::now() + WRITER_GRACE));

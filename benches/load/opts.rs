@@ -15,6 +15,8 @@ scenarios:
               (starts the server with its own PostgreSQL; skipped with a message if that fails)
   slowbody    REST GET/POST p50/p99 from a few clients while 0, 8 and 100 request bodies
               trickle (1 byte / 2 s) for --duration each (default 10; database as for rest)
+  presence    join storm: N members (1k, 5k, 10k; PRESENCE_SIZES=...) join one room at once;
+              time until all hold N presence keys, frames and bytes per member, CPU, RSS
   all         every scenario above in turn (what benches/smoke.sh runs with --smoke)
   plot        redraw bench-results/scaling.svg from bench-results/scaling.csv
 
@@ -184,14 +186,15 @@ impl Opts {
                 "slow" => 300 + 4 * self.duration.map_or(30, |d| d.as_secs()),
                 "rest" => 500 + 2 * self.duration.map_or(20, |d| d.as_secs()),
                 "slowbody" => 300 + 3 * (self.duration.map_or(10, |d| d.as_secs()) + 5),
+                "presence" => 900,
                 _ => 120,
             }
         };
         let total = match self.scenario.as_str() {
-            "all" => ["scaling", "fanout", "sustained", "slow", "rest", "slowbody"]
-                .iter()
-                .map(|s| one(s))
-                .sum(),
+            "all" => {
+                let all = ["scaling", "fanout", "sustained", "slow", "rest", "slowbody", "presence"];
+                all.iter().map(|s| one(s)).sum()
+            }
             s => one(s),
         };
         Duration::from_secs(total * peer)

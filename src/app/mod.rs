@@ -3,17 +3,58 @@
 
 pub mod room_channel;
 pub mod superheroes_channel;
+pub mod viewers;
 
-use crate::channel::Router;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::channel::{ChannelCtx, Router};
+use crate::presence::Presence;
+use crate::protocol::Payload;
+use crate::socket::transport::{ConnectFn, Connected};
 use crate::store::Store;
 
-/// The socket's channel routes: the chat (`room:*`) and, with a database, the superheroes lobby.
+/// The socket's channel routes: the chat (`room:*`) and, with a database, the superheroes lobby;
+/// both track their members in one presence tracker.
 pub fn router(store: Option<Store>) -> Router {
-    let router = Router::new().channel("room:*", room_channel::RoomChannel::default);
+    let presence = Presence::new();
+    let rooms = presence.clone();
+    let router = Router::new()
+        .presence(presence.clone())
+        .channel("room:*", move || room_channel::RoomChannel::new(rooms.clone()));
     match store {
         Some(store) => router.channel("superheroes:lobby", move || {
-            superheroes_channel::SuperheroesChannel::new(store.clone())
+            let lobby = superheroes_channel::SuperheroesChannel::new(store.clone());
+            viewers::Viewed::new(lobby, presence.clone())
         }),
         None => router,
     }
+}
+
+/// The connect callback: accepts everyone, and keeps the `user_id` param (the chat's presence
+/// key) in the socket's assigns.
+pub fn connect() -> ConnectFn {
+    Arc::new(|info| {
+        let mut connected = Connected::default();
+        if let Some(id) = info.params.get("user_id").filter(|id| !id.is_empty()) {
+            connected.assigns.insert("user_id".into(), Value::String(id.clone()));
+        }
+        Ok(connected)
+    })
+}
+
+/// Tracks `key` with `{"online_at": <unix seconds>}` and pushes `presence_state` once joined;
+/// a refusal becomes the join's error reply.
+fn track_and_push_state(
+    presence: &Presence,
+    ctx: &mut ChannelCtx,
+    key: &str,
+) -> Result<(), Payload> {
+    let online_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let refused =
+        |e: crate::presence::PresenceError| Payload::from(json!({"reason": e.to_string()}));
+    presence.track(ctx, key, json!({ "online_at": online_at })).map_err(refused)?;
+    presence.push_state(ctx).map_err(refused)
 }

@@ -1,22 +1,37 @@
 //! The chat example of the seeds: `room:*` topics, `room:private` refused, `new_msg` broadcast
-//! to every member (sender included) and acknowledged, `ping` echoed.
+//! to every member (sender included) and acknowledged, `ping` echoed. Every member is tracked in
+//! presence under its connect param `user_id` (a generated id when absent) with
+//! `{"online_at": <unix seconds>}`, and gets `presence_state` after each join.
 
 use serde_json::{Value, json};
 
 use crate::channel::{Channel, ChannelCtx, HandleIn, JoinResult};
+use crate::presence::Presence;
 use crate::protocol::Payload;
 
 /// Longest chat message body we accept, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-#[derive(Default)]
-pub struct RoomChannel;
+pub struct RoomChannel {
+    presence: Presence,
+}
+
+impl RoomChannel {
+    pub fn new(presence: Presence) -> RoomChannel {
+        RoomChannel { presence }
+    }
+}
 
 impl Channel for RoomChannel {
-    fn join(&mut self, topic: &str, _payload: Payload, _ctx: &mut ChannelCtx) -> JoinResult {
+    fn join(&mut self, topic: &str, _payload: Payload, ctx: &mut ChannelCtx) -> JoinResult {
         if topic == "room:private" {
             return Err(json!({"reason": "unauthorized"}).into());
         }
+        let user_id = match ctx.assigns().get("user_id") {
+            Some(Value::String(id)) => id.clone(),
+            _ => format!("anon-{}", uuid::Uuid::new_v4()),
+        };
+        super::track_and_push_state(&self.presence, ctx, &user_id)?;
         Ok(Payload::empty())
     }
 

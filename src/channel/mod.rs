@@ -169,6 +169,10 @@ pub struct ChannelCtx {
     /// Pushes made during `join`, sent after the join reply (Phoenix forbids them; we queue).
     pending: Option<Vec<(String, Payload)>>,
     extra_topics: Vec<String>,
+    /// Presence (`crate::presence`): the guard whose drop, on every way the channel thread
+    /// ends, tells the tracker to untrack this channel's presences, and a `push_state` asked
+    /// for during `join` (sent once subscribed).
+    pub(crate) presence: crate::presence::ChannelPresence,
 }
 
 impl ChannelCtx {
@@ -195,6 +199,11 @@ impl ChannelCtx {
         if let Some(pending) = &mut self.pending {
             pending.push((event.to_string(), payload));
             return;
+        }
+        if event == crate::presence::STATE_EVENT && self.presence.state_after_join() {
+            // The placeholder of a `push_state` made during join: the state is read only now,
+            // after the subscription, so no diff falls between the two.
+            return crate::presence::deferred_state(self);
         }
         let out = Outgoing::push(Some(&self.join_ref), &self.topic, event, &payload);
         self.conn.send_message(&out);
@@ -236,6 +245,15 @@ impl ChannelCtx {
             join_ref: self.join_ref.clone(),
             ref_: self.current_ref.clone()?,
         })
+    }
+
+    /// Presence: true while `join` runs (pushes are queued until the channel is subscribed).
+    pub(crate) fn in_join(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    pub(crate) fn presence(&mut self) -> &mut crate::presence::ChannelPresence {
+        &mut self.presence
     }
 
     /// A handle for other threads to send this channel `Info::Message`s.

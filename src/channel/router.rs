@@ -11,6 +11,8 @@ type Factory = Arc<dyn Fn() -> Box<dyn Channel> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Vec<(String, Factory)>,
+    /// The presence tracker the server starts and stops with itself (`Router::presence`).
+    presence: Option<crate::presence::Presence>,
 }
 
 impl Router {
@@ -34,6 +36,17 @@ impl Router {
         );
         self.routes.push((pattern.to_string(), Arc::new(move || Box::new(factory()))));
         self
+    }
+
+    /// Mounts a presence handle: the server runs its tracker for as long as it runs.
+    pub fn presence(mut self, presence: crate::presence::Presence) -> Router {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// The mounted presence handle, to share with further channels.
+    pub fn presence_handle(&self) -> Option<&crate::presence::Presence> {
+        self.presence.as_ref()
     }
 
     /// A fresh channel for `topic`, or `None` ("unmatched topic").

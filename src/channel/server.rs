@@ -139,6 +139,7 @@ fn run(req: JoinRequest, mb: Mailboxes) {
         current_ref: None,
         pending: Some(Vec::new()),
         extra_topics: Vec::new(),
+        presence: Default::default(),
     };
     let joined = catch_unwind(AssertUnwindSafe(|| {
         let topic = ctx.topic.clone();

@@ -2,6 +2,7 @@ import { useMemo } from "react";
 import { createApi } from "./api.js";
 import { useSuperheroes } from "./useSuperheroes.js";
 import ConnectionBadge from "./components/ConnectionBadge.jsx";
+import ViewerCount from "./components/ViewerCount.jsx";
 import HeroForm from "./components/HeroForm.jsx";
 import HeroTable from "./components/HeroTable.jsx";
 
@@ -9,7 +10,7 @@ import HeroTable from "./components/HeroTable.jsx";
  * @param {{config: {socket_url: string, api_url: string} | null, socket: import("phoenix").Socket | null}} props
  */
 export default function App({ config, socket }) {
-  const { heroes, dispatch, connection } = useSuperheroes(socket);
+  const { heroes, dispatch, connection, viewers } = useSuperheroes(socket);
   const api = useMemo(() => (config ? createApi(config.api_url) : null), [config]);
 
   return (
@@ -17,6 +18,7 @@ export default function App({ config, socket }) {
       <header className="app-header">
         <h1>Superheroes</h1>
         <ConnectionBadge status={connection} />
+        <ViewerCount count={viewers} />
       </header>
       <main>
         <section className="panel" aria-labelledby="create-heading">

@@ -1,6 +1,7 @@
-import { useEffect, useReducer } from "react";
+import { useEffect, useReducer, useState } from "react";
 import { initialState, reduce } from "./heroes.js";
 import { connectionReducer, initialConnection } from "./connection.js";
+import { viewerId, watchViewers } from "./viewers.js";
 
 export const TOPIC = "superheroes:lobby";
 const EVENTS = ["hydrate", "create", "update", "delete"];
@@ -20,6 +21,7 @@ export function useSuperheroes(socket) {
   const [connection, dispatchConnection] = useReducer(connectionReducer, undefined, () =>
     initialConnection({ browserOffline: browserOffline() }),
   );
+  const [viewers, setViewers] = useState(null);
 
   useEffect(() => {
     if (!socket) return undefined;
@@ -32,7 +34,8 @@ export function useSuperheroes(socket) {
     ];
     if (socket.isConnected()) dispatchConnection({ type: "socket_open" });
 
-    const channel = socket.channel(TOPIC, {});
+    const channel = socket.channel(TOPIC, { viewer_id: viewerId() });
+    watchViewers(channel, setViewers);
     for (const event of EVENTS) {
       channel.on(event, (payload) => dispatch({ type: event, payload }));
     }
@@ -57,5 +60,5 @@ export function useSuperheroes(socket) {
     };
   }, [socket]);
 
-  return { heroes, dispatch, connection: connection.status };
+  return { heroes, dispatch, connection: connection.status, viewers };
 }

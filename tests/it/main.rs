@@ -17,6 +17,8 @@ mod scale;
 mod ws_hardening;
 // The binary restarts its private PostgreSQL after kill -9; /healthz says 503 meanwhile.
 pub mod supervision;
+// Presence: state and diffs over real sockets, every way a member leaves, limits.
+mod presence;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;

@@ -2,6 +2,7 @@
 //! writes a CSV under the results directory.
 
 mod fanout;
+mod presence;
 mod rest;
 mod scaling;
 mod slow;
@@ -28,10 +29,11 @@ pub fn run(opts: &Opts) -> Res {
         "slow" => slow::run(opts),
         "rest" => rest::run(opts),
         "slowbody" => slowbody::run(opts),
+        "presence" => presence::run(opts),
         "plot" => crate::plot::scaling(&opts.out),
         "all" => {
             let mut failed = Vec::new();
-            for s in ["scaling", "fanout", "sustained", "slow", "rest", "slowbody"] {
+            for s in ["scaling", "fanout", "sustained", "slow", "rest", "slowbody", "presence"] {
                 let mut o = opts.clone();
                 o.scenario = s.into();
                 if let Err(e) = run(&o) {

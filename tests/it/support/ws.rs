@@ -15,6 +15,9 @@ pub struct WsClient {
     /// Messages `expect` skipped, kept for later `expect`s: replies and broadcasts travel by
     /// different routes (channel thread vs registry), so their relative order is not fixed.
     skipped: VecDeque<Value>,
+    /// Whether `presence_state`/`presence_diff` are received; off by default, so tests of other
+    /// features in `room:*` (which tracks every member) see only what they are about.
+    pub presence: bool,
 }
 
 /// What `recv` can observe besides a message.
@@ -48,7 +51,7 @@ impl WsClient {
             tungstenite::HandshakeError::Failure(e) => e,
             tungstenite::HandshakeError::Interrupted(_) => tungstenite::Error::ConnectionClosed,
         })?;
-        Ok(WsClient { ws, next_ref: 1, skipped: VecDeque::new() })
+        Ok(WsClient { ws, next_ref: 1, skipped: VecDeque::new(), presence: false })
     }
 
     pub fn next_ref(&mut self) -> String {
@@ -150,7 +153,12 @@ impl WsClient {
             self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
-                    return Event::Json(serde_json::from_str(&t).expect("server sent JSON"));
+                    let msg: Value = serde_json::from_str(&t).expect("server sent JSON");
+                    let event = msg[3].as_str().unwrap_or_default();
+                    if !self.presence && event.starts_with("presence_") {
+                        continue;
+                    }
+                    return Event::Json(msg);
                 }
                 Ok(Message::Binary(b)) => return Event::Binary(b.to_vec()),
                 Ok(Message::Close(frame)) => return closed(frame),

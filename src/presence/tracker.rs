@@ -1,0 +1,266 @@
+//! The tracker process: the one owner of the presence state (Phoenix.Tracker's shard).
+//!
+//! Runs on: the `presence` thread. Mailbox: unbounded channel with a capacity check on the
+//! calls (`Presence::call` answers `Overloaded` past it, never blocks a channel) and none on
+//! exit notices, which must never be lost (`ExitGuard`).
+//! Coalescing: the changes to a topic open a window of `PresenceConfig::window` per started
+//! thousand members (at most `max_window`); when it ends they go out as one `presence_diff`,
+//! encoded once and broadcast on the topic through PubSub,
+//! so it reaches every member by the fastlane. A join and a leave of the same meta within one
+//! window cancel out.
+//! **Invariant:** the `presence_state` handed to joiners is the topic as of the last diff sent
+//! (its "published view"), never the live state. A joiner asks for it only after its
+//! subscription was queued at the registry, and every later diff is broadcast after that, so
+//! it receives exactly the diffs its state lacks (and maybe some it already holds: the JS
+//! sync applies a join of a known `phx_ref` or a leave of an unknown one as a no-op).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::state::{Changes, Presence, State};
+use crate::protocol::{JsonText, Payload};
+use crate::pubsub::PubSub;
+
+pub(crate) type Call = Box<dyn FnOnce(&mut Tracker) + Send>;
+
+pub(crate) enum Msg {
+    /// Runs on the tracker thread (track, list, ...), which answers on the caller's channel.
+    Call(Call),
+    /// A channel that tracked something has ended; past the capacity check.
+    Exited(super::state::Owner),
+    Stop,
+}
+
+/// What the clients of one topic were last told, and what they will be told next.
+#[derive(Default)]
+struct Topic {
+    /// key → `"key":{"metas":[...]}` as of the last diff sent.
+    published: BTreeMap<Arc<str>, String>,
+    /// `published` assembled into one `presence_state` payload; dropped by the next diff.
+    cached_state: Option<JsonText>,
+    window: Option<Window>,
+}
+
+/// The changes of a topic not yet sent. Joins are indexed by `phx_ref`, so that a leave of a
+/// meta joined in the same window (a reconnect storm) cancels it without a scan.
+#[derive(Default)]
+struct Window {
+    joins: HashMap<Arc<str>, Presence>,
+    leaves: Vec<Presence>,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    fn touched(&self) -> impl Iterator<Item = &Presence> {
+        self.joins.values().chain(&self.leaves)
+    }
+}
+
+pub(crate) struct Tracker {
+    pub state: State,
+    topics: HashMap<Arc<str>, Topic>,
+    /// Topics with an open window, by the time it ends.
+    due: BTreeSet<(Instant, Arc<str>)>,
+    window: Duration,
+    max_window: Duration,
+    pubsub: PubSub,
+}
+
+impl Tracker {
+    pub fn new(state: State, windows: (Duration, Duration), pubsub: PubSub) -> Tracker {
+        let (window, max_window) = windows;
+        Tracker { state, topics: HashMap::new(), due: BTreeSet::new(), window, max_window, pubsub }
+    }
+
+    /// Queues `changes` for the diffs of their topics.
+    pub fn record(&mut self, changes: Changes) {
+        for join in changes.joins {
+            self.window_of(&join.topic).joins.insert(join.phx_ref.clone(), join);
+        }
+        for leave in changes.leaves {
+            let window = self.window_of(&leave.topic);
+            // Joined and left within one window: nobody was told, nobody needs to be.
+            if window.joins.remove(&leave.phx_ref).is_none() {
+                window.leaves.push(leave);
+            }
+        }
+    }
+
+    /// The `presence_state` payload of `topic` as of its last diff (see the invariant).
+    pub fn published_state(&mut self, topic: &str) -> JsonText {
+        let Some(view) = self.topics.get_mut(topic) else { return empty_object() };
+        view.cached_state.get_or_insert_with(|| raw_json(assemble(view.published.values()))).clone()
+    }
+
+    fn window_of(&mut self, topic: &Arc<str>) -> &mut Window {
+        let view = self.topics.entry(topic.clone()).or_default();
+        if view.window.is_none() {
+            let members = self.state.count(topic);
+            self.due.insert((
+                Instant::now() + window_for(self.window, self.max_window, members),
+                topic.clone(),
+            ));
+        }
+        view.window.get_or_insert_with(Window::default)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Sends the diffs of every window that has ended by `now`.
+    fn flush_due(&mut self, now: Instant) {
+        while let Some((at, _)) = self.due.first() {
+            if *at > now {
+                return;
+            }
+            let (_, topic) = self.due.pop_first().expect("first exists");
+            self.flush(topic, now);
+        }
+    }
+
+    fn flush(&mut self, topic: Arc<str>, now: Instant) {
+        let Some(window) = self.topics.get_mut(&topic).and_then(|v| v.window.take()) else {
+            return;
+        };
+        if window.is_empty() {
+            return self.forget_if_empty(&topic);
+        }
+        let diff = diff_payload(&window);
+        if let Err(e) = self.pubsub.broadcast(&topic, "presence_diff", Payload::JsonText(diff)) {
+            // Keep the changes and try again a window later: a lost diff would leave every
+            // member of the topic with a wrong list until it rejoins.
+            log::error!("presence_diff on {topic} not sent ({e}); retrying");
+            self.topics.get_mut(&topic).expect("topic exists").window = Some(window);
+            self.due.insert((now + self.window, topic));
+            return;
+        }
+        self.publish(&topic, &window);
+    }
+
+    /// Brings the published view of `topic` up to the live state for the keys `sent` touched.
+    fn publish(&mut self, topic: &Arc<str>, sent: &Window) {
+        let view = self.topics.get_mut(topic).expect("topic exists");
+        view.cached_state = None;
+        for p in sent.touched() {
+            let metas = self.state.get_by_key(topic, &p.key);
+            match metas.is_empty() {
+                true => view.published.remove(&p.key),
+                false => view.published.insert(p.key.clone(), entry(&p.key, &metas)),
+            };
+        }
+        self.forget_if_empty(topic);
+    }
+
+    fn forget_if_empty(&mut self, topic: &str) {
+        if self.topics.get(topic).is_some_and(|v| v.published.is_empty() && v.window.is_none()) {
+            self.topics.remove(topic);
+        }
+    }
+}
+
+/// The tracker's loop: calls and exit notices, and the diffs of the windows that end.
+/// Bounded by `Msg::Stop` (or every sender gone).
+pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
+    loop {
+        let wait = tracker
+            .next_due()
+            .map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Call(call)) => {
+                // A bug in one call must not take presence down for the whole server: the
+                // caller sees its reply channel close (`Unavailable`), the tracker goes on.
+                let run = std::panic::AssertUnwindSafe(|| call(&mut tracker));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    log::error!(
+                        "presence call panicked: {}",
+                        crate::process::panic_message(&*panic)
+                    );
+                }
+            }
+            Ok(Msg::Exited(owner)) => {
+                let changes = tracker.state.untrack_owner(owner);
+                tracker.record(changes);
+            }
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        tracker.flush_due(Instant::now());
+    }
+}
+
+/// The window of a topic of `members`: `base` per started thousand members, at most `max`.
+/// A diff costs one frame per member, so a big room gets fewer, bigger diffs: with the
+/// defaults a room sends about 20,000 diff frames per second at most, whatever its size.
+fn window_for(base: Duration, max: Duration, members: usize) -> Duration {
+    let thousands = u32::try_from(members / 1000 + 1).unwrap_or(u32::MAX);
+    base.saturating_mul(thousands).min(max.max(base))
+}
+
+/// `{"joins": {...}, "leaves": {...}}`, assembled from the metas' encoded text.
+fn diff_payload(window: &Window) -> JsonText {
+    let (joins, leaves) = (by_key(window.joins.values()), by_key(&window.leaves));
+    let joins: Vec<String> = joins.iter().map(|(k, metas)| entry(k, metas)).collect();
+    let leaves: Vec<String> = leaves.iter().map(|(k, metas)| entry(k, metas)).collect();
+    raw_json(format!(r#"{{"joins":{},"leaves":{}}}"#, assemble(&joins), assemble(&leaves)))
+}
+
+fn by_key<'a>(
+    presences: impl IntoIterator<Item = &'a Presence>,
+) -> BTreeMap<&'a str, Vec<&'a Presence>> {
+    let mut keys: BTreeMap<&str, Vec<&Presence>> = BTreeMap::new();
+    for p in presences {
+        keys.entry(&p.key).or_default().push(p);
+    }
+    keys
+}
+
+/// `"key":{"metas":[...]}`.
+fn entry(key: &str, metas: &[&Presence]) -> String {
+    let key = serde_json::to_string(key).expect("a string encodes");
+    let metas: Vec<&str> = metas.iter().map(|p| &*p.meta).collect();
+    format!(r#"{key}:{{"metas":[{}]}}"#, metas.join(","))
+}
+
+/// `{` entries `}`.
+fn assemble<'a>(entries: impl IntoIterator<Item = &'a String>) -> String {
+    let mut text = String::from("{");
+    for (i, e) in entries.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(e);
+    }
+    text.push('}');
+    text
+}
+
+fn empty_object() -> JsonText {
+    raw_json("{}".to_string())
+}
+
+/// Text assembled from encoded JSON pieces, checked once (a bug here must not reach clients as
+/// malformed frames) and wrapped without re-encoding its contents.
+fn raw_json(text: String) -> JsonText {
+    let raw = serde_json::value::RawValue::from_string(text).expect("assembled valid JSON");
+    JsonText::encode(&raw).expect("raw JSON encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn windows_grow_with_the_topic_up_to_the_cap() {
+        let (base, max) = (Duration::from_millis(50), Duration::from_secs(1));
+        let w = |members| super::window_for(base, max, members).as_millis();
+        assert_eq!([w(0), w(999), w(1000), w(10_000), w(100_000)], [50, 50, 100, 550, 1000]);
+        assert_eq!(super::window_for(base, Duration::ZERO, 5000), base, "never below the base");
+    }
+}
