@@ -192,7 +192,8 @@ impl Opts {
         };
         let total = match self.scenario.as_str() {
             "all" => {
-                let all = ["scaling", "fanout", "sustained", "slow", "rest", "slowbody", "presence"];
+                let all =
+                    ["scaling", "fanout", "sustained", "slow", "rest", "slowbody", "presence"];
                 all.iter().map(|s| one(s)).sum()
             }
             s => one(s),
