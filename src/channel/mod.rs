@@ -64,6 +64,16 @@ pub trait Channel: Send + 'static {
         Flow::Continue
     }
 
+    /// This channel's mailbox overflowed with messages of `topic`, an extra topic it
+    /// subscribed to: some were not delivered, and none are queued until this returns. A
+    /// channel that can catch up (reload, resend a snapshot) does so and continues. The default
+    /// stops the channel with `phx_error`, so the client rejoins and starts afresh: never
+    /// silently behind.
+    fn handle_lagged(&mut self, topic: &str, ctx: &mut ChannelCtx) -> Flow {
+        let _ = ctx;
+        Flow::Stop(StopReason::Error(format!("slow consumer: missed messages on {topic}")))
+    }
+
     /// Called when the channel stops for any reason but a crash or a duplicate join.
     fn terminate(&mut self, reason: &StopReason, ctx: &mut ChannelCtx) {
         let _ = (reason, ctx);
@@ -138,6 +148,9 @@ pub(crate) enum Msg {
     Broadcast(Arc<Broadcast>),
     Shared(Shared),
     Info(Box<dyn Any + Send>),
+    /// From the registry, past the capacity check: messages were not queued
+    /// (`Channel::handle_lagged`).
+    Lagged(crate::pubsub::Lag),
     /// From the socket, past the capacity check: stop now (`server::Stop`).
     Stop(server::Stop),
 }

@@ -159,6 +159,8 @@ fn run(req: JoinRequest, mb: Mailboxes) {
         return;
     }
     if outcome == JoinOutcome::Joined && !subscribe_own_topic(&ctx, &*channel) {
+        // The topics `join` subscribed to must not outlive this refused join.
+        unsubscribe_all(&ctx);
         let reply = Payload::from(json!({"reason": "join crashed"}));
         reply_join(&ctx, ref_.as_deref(), "error", &reply);
         let _ = notices.send(Notice::Joined(id, JoinOutcome::Crashed));
@@ -241,6 +243,10 @@ fn handle(channel: &mut dyn Channel, ctx: &mut ChannelCtx, msg: Msg) -> Flow {
         Msg::Broadcast(b) => channel.handle_info(Info::Broadcast(b), ctx),
         Msg::Shared(m) => channel.handle_info(Info::Shared(m), ctx),
         Msg::Info(m) => channel.handle_info(Info::Message(m), ctx),
+        Msg::Lagged(lag) => {
+            lag.resume();
+            channel.handle_lagged(&lag.topic, ctx)
+        }
         Msg::Stop(_) => unreachable!("serve handles stops before dispatch"),
     }
 }

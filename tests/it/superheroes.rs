@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::pg::TestDb;
 use crate::support::{TestServer, WsClient, test_config};
-use phx_threads::app::{self, superheroes_channel};
+use phx_threads::app::{self, lobby::Lobby, superheroes_channel};
 use phx_threads::server;
 use phx_threads::store::listener::spawn_listener;
 use phx_threads::store::superheroes::{self, SuperheroParams};
@@ -38,11 +38,12 @@ fn apply(state: &mut BTreeMap<i64, Value>, msg: &Value) {
 fn fifty_concurrent_updates_leave_every_client_with_the_database_rows() {
     let db = TestDb::new();
     let store = db.store();
+    let lobby = Lobby::new(store.clone());
     let server =
-        TestServer::with(test_config(), app::router(Some(store.clone())), server::accept_all());
+        TestServer::with(test_config(), app::router(Some(lobby.clone())), server::accept_all());
     let pubsub = server.handle().pubsub();
     let _listener = spawn_listener(&store.config().url, move |e| {
-        superheroes_channel::publish_store_event(&pubsub, e)
+        superheroes_channel::publish_store_event(&lobby, &pubsub, e)
     })
     .unwrap();
     let params = |name: &str| SuperheroParams {
