@@ -159,10 +159,11 @@ fn run(req: JoinRequest, mb: Mailboxes) {
         return;
     }
     if outcome == JoinOutcome::Joined && !subscribe_own_topic(&ctx, &*channel) {
-        // The topics `join` subscribed to must not outlive this refused join.
-        unsubscribe_all(&ctx);
         let reply = Payload::from(json!({"reason": "join crashed"}));
         reply_join(&ctx, ref_.as_deref(), "error", &reply);
+        // The topics `join` subscribed to must not outlive this refused join. After the reply:
+        // the registry is congested (that is why the subscribe failed), so this may wait.
+        unsubscribe_all(&ctx);
         let _ = notices.send(Notice::Joined(id, JoinOutcome::Crashed));
         return;
     }
