@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 
+use crate::superheroes::apply;
 use crate::support::pg::TestDb;
 use crate::support::ws::Event;
 use crate::support::{EVENT_TIMEOUT, TestServer, WAIT, WsClient, eventually, recv, test_config};
@@ -169,27 +170,6 @@ fn stopping_a_congested_registry_returns_within_its_deadline() {
 }
 
 // ---- the superheroes lobby ----
-
-/// The seed's React logic, as a fold over pushes.
-fn apply(state: &mut BTreeMap<i64, Value>, msg: &Value) {
-    let payload = &msg[4];
-    match msg[3].as_str().unwrap_or("") {
-        "hydrate" => {
-            state.clear();
-            for h in payload["superheroes"].as_array().unwrap() {
-                state.insert(h["id"].as_i64().unwrap(), h.clone());
-            }
-        }
-        "create" | "update" => {
-            let h = &payload["superhero"];
-            state.insert(h["id"].as_i64().unwrap(), h.clone());
-        }
-        "delete" => {
-            state.remove(&payload["superhero"]["id"].as_i64().unwrap());
-        }
-        _ => {}
-    }
-}
 
 fn rows(store: &Store) -> BTreeMap<i64, Value> {
     let list = superheroes::list(&mut *store.client().unwrap()).unwrap();

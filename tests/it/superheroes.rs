@@ -14,7 +14,7 @@ use phx_threads::store::listener::spawn_listener;
 use phx_threads::store::superheroes::{self, SuperheroParams};
 
 /// The seed's React logic, as a fold over pushes.
-fn apply(state: &mut BTreeMap<i64, Value>, msg: &Value) {
+pub(crate) fn apply(state: &mut BTreeMap<i64, Value>, msg: &Value) {
     let payload = &msg[4];
     match msg[3].as_str().unwrap() {
         "hydrate" => {
