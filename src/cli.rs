@@ -29,6 +29,8 @@ OPTIONS (environment variable in brackets):
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
     --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
                               [PHX_CHECK_ORIGIN, default: any]
+    --max-superheroes N       creates beyond N rows get 422 [PHX_MAX_SUPERHEROES,
+                              default 10000]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -50,6 +52,8 @@ pub struct Args {
     pub data_dir: PathBuf,
     pub static_dir: PathBuf,
     pub public_ws_url: Option<String>,
+    /// Bound on the superheroes table (`store::StoreConfig::max_superheroes`).
+    pub max_superheroes: usize,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -94,6 +98,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         data_dir: PathBuf::from("data"),
         static_dir: PathBuf::from("superheroes-react/dist"),
         public_ws_url: None,
+        max_superheroes: crate::store::superheroes::MAX_ROWS,
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -107,6 +112,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_MAX_FRAME_BYTES", "--max-frame-bytes"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
         ("PHX_CHECK_ORIGIN", "--check-origin"),
+        ("PHX_MAX_SUPERHEROES", "--max-superheroes"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -132,6 +138,7 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--idle-timeout-ms" => {
             args.ws.idle_timeout = std::time::Duration::from_millis(number()? as u64)
         }
+        "--max-superheroes" => args.max_superheroes = number()?,
         "--check-origin" => {
             args.ws.check_origin =
                 value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()

@@ -39,7 +39,8 @@ fn main() -> ExitCode {
 /// Connects (starting the private cluster if needed), migrates and seeds.
 fn database(args: &Args) -> Result<(Store, Option<LocalCluster>), String> {
     let data_dir = args.data_dir.join("pg");
-    store::bootstrap(args.database_url.as_deref(), &data_dir).map_err(|e| format!("database: {e}"))
+    store::bootstrap_with(args.database_url.as_deref(), &data_dir, args.max_superheroes)
+        .map_err(|e| format!("database: {e}"))
 }
 
 fn serve(args: Args) -> Result<(), String> {

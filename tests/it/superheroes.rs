@@ -101,3 +101,37 @@ fn fifty_concurrent_updates_leave_every_client_with_the_database_rows() {
         assert_eq!(*state, expected);
     }
 }
+
+/// Inserts `n` rows in one statement (no change events: nobody listens in these tests).
+pub(crate) fn insert_rows(store: &phx_threads::store::Store, n: i64, name: &str, power: &str) {
+    let sql = "INSERT INTO superheroes (name, location, power)
+               SELECT $1 || ' ' || i, $1, $2 FROM generate_series(1, $3::bigint) AS i";
+    store.client().unwrap().execute(sql, &[&name, &power, &n]).unwrap();
+}
+
+#[test]
+fn the_table_is_bounded_with_a_422_and_the_index_never_truncates() {
+    use crate::support::http::TestServer as HttpServer;
+    use phx_threads::store::{Store, StoreConfig};
+    let db = TestDb::new();
+    let max = 10_005;
+    let store =
+        Store::connect(StoreConfig { max_superheroes: max, ..StoreConfig::new(&db.url) }).unwrap();
+    insert_rows(&store, max as i64, "Bulk", "P");
+    let http = HttpServer::start(Some(store));
+
+    // Before: 10,000 rows, and nothing said the other five were missing.
+    let index = http.get("/api/superheroes");
+    assert_eq!(index.status, 200);
+    assert_eq!(index.json()["data"].as_array().unwrap().len(), max);
+
+    let body = json!({"superhero": {"name": "One more", "location": "L", "power": "P"}});
+    let refused = http.send("POST", "/api/superheroes", &body.to_string());
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let errors = &refused.json()["errors"]["superheroes"];
+    assert_eq!(errors[0], format!("limit of {max} reached; delete some first"), "{errors}");
+
+    let last = index.json()["data"][max - 1]["id"].clone();
+    assert_eq!(http.send("DELETE", &format!("/api/superheroes/{last}"), "").status, 204);
+    assert_eq!(http.send("POST", "/api/superheroes", &body.to_string()).status, 201);
+}
