@@ -20,18 +20,23 @@ use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 
-use crate::protocol::{JsonText, Payload};
+use crate::protocol::JsonText;
+use crate::pubsub::SharedPush;
 use crate::store::listener::Action;
 use crate::store::{Store, superheroes, superheroes::Superhero};
 
 /// Last-write-wins order of one row's versions.
 type Key = (DateTime<Utc>, i64);
 
-/// One `hydrate`: the rows as of change `seq`, encoded once.
+/// The channel topic every lobby client joins.
+pub const TOPIC: &str = "superheroes:lobby";
+
+/// One `hydrate`: the rows as of change `seq`, encoded once and framed once per serializer,
+/// shared by every client it is sent to.
 #[derive(Debug)]
 pub struct Hydrate {
     pub seq: u64,
-    pub payload: Payload,
+    pub push: SharedPush,
 }
 
 /// The table as clients should see it. Pure: no I/O, no locks.
@@ -105,7 +110,8 @@ impl LobbyState {
         let list: Vec<&Superhero> = self.heroes.values().map(|h| &**h).collect();
         let payload =
             JsonText::encode(&json!({ "superheroes": list, "message_id": message_id() }))?;
-        let hydrate = Arc::new(Hydrate { seq: self.seq, payload: payload.into() });
+        let push = SharedPush::new(TOPIC, "hydrate", payload.into());
+        let hydrate = Arc::new(Hydrate { seq: self.seq, push });
         self.hydrate = Some(hydrate.clone());
         Ok(hydrate)
     }
@@ -217,6 +223,8 @@ impl Lobby {
 mod tests {
     use chrono::TimeZone;
 
+    use crate::protocol::Payload;
+
     use super::*;
 
     fn hero(id: i64, version: i64, micros: i64, name: &str) -> Superhero {
@@ -289,7 +297,7 @@ mod tests {
         let mut state = LobbyState::loaded(vec![hero(2, 1, 0, "b"), hero(1, 1, 0, "a")], 0);
         let first = state.hydrate().unwrap();
         assert!(Arc::ptr_eq(&first, &state.hydrate().unwrap()));
-        let Payload::JsonText(text) = &first.payload else { panic!("encoded once as text") };
+        let Payload::JsonText(text) = first.push.payload() else { panic!("encoded as text") };
         let value: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
         let ids: Vec<i64> = value["superheroes"]
             .as_array()

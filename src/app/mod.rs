@@ -13,7 +13,7 @@ use lobby::Lobby;
 pub fn router(lobby: Option<Lobby>) -> Router {
     let router = Router::new().channel("room:*", room_channel::RoomChannel::default);
     match lobby {
-        Some(lobby) => router.channel("superheroes:lobby", move || {
+        Some(lobby) => router.channel(lobby::TOPIC, move || {
             superheroes_channel::SuperheroesChannel::new(lobby.clone())
         }),
         None => router,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::lobby::{Lobby, message_id};
+use super::lobby::{Hydrate, Lobby, message_id};
 use crate::channel::{Channel, ChannelCtx, Flow, Info, JoinResult, StopReason};
 use crate::protocol::{JsonText, Payload};
 use crate::store::listener::StoreEvent;
@@ -56,18 +56,31 @@ pub struct SuperheroesChannel {
     lobby: Lobby,
     /// The sequence number of the last state this client was sent (hydrate or change).
     sent: u64,
+    /// The `hydrate` taken in `join`, pushed before anything else this channel sends (a shared
+    /// push cannot be held back behind the join reply, so `join` cannot send it itself).
+    unsent: Option<Arc<Hydrate>>,
 }
+
+/// What `join` sends itself so that the first `hydrate` goes out even if no change comes.
+struct SendHydrate;
 
 impl SuperheroesChannel {
     pub fn new(lobby: Lobby) -> SuperheroesChannel {
-        SuperheroesChannel { lobby, sent: 0 }
+        SuperheroesChannel { lobby, sent: 0, unsent: None }
+    }
+
+    fn send_unsent(&mut self, ctx: &mut ChannelCtx) {
+        if let Some(hydrate) = self.unsent.take() {
+            ctx.push_shared(&hydrate.push);
+        }
     }
 
     /// Pushes the current `hydrate` unless the client already has that version or a newer one.
     fn catch_up(&mut self, ctx: &mut ChannelCtx) -> Result<(), String> {
         let hydrate = self.lobby.snapshot()?;
         if hydrate.seq > self.sent {
-            ctx.push("hydrate", hydrate.payload.clone());
+            self.unsent = None;
+            ctx.push_shared(&hydrate.push);
             self.sent = hydrate.seq;
         }
         Ok(())
@@ -96,14 +109,19 @@ impl Channel for SuperheroesChannel {
         // event numbered above the snapshot instead of being lost.
         ctx.subscribe(CHANGES_TOPIC)
             .map_err(|e| Payload::from(json!({"reason": e.to_string()})))?;
-        if let Err(e) = self.catch_up(ctx) {
+        let hydrate = self.lobby.snapshot().map_err(|e| {
             log::warn!("superheroes:lobby join: {e}");
-            return Err(json!({"reason": "database unavailable"}).into());
-        }
+            Payload::from(json!({"reason": "database unavailable"}))
+        })?;
+        self.sent = hydrate.seq;
+        self.unsent = Some(hydrate);
+        // If the mailbox is full, the first change queued there sends the hydrate instead.
+        ctx.sender().send(SendHydrate);
         Ok(Payload::empty())
     }
 
     fn handle_info(&mut self, info: Info, ctx: &mut ChannelCtx) -> Flow {
+        self.send_unsent(ctx);
         let Info::Shared(message) = info else { return Flow::Continue };
         match message.downcast_ref::<LobbyEvent>() {
             Some(LobbyEvent::Change(change)) => {
@@ -118,6 +136,7 @@ impl Channel for SuperheroesChannel {
     /// Changes were not delivered to this channel: its client gets a fresh `hydrate` of the
     /// shared table, which includes them.
     fn handle_lagged(&mut self, _topic: &str, ctx: &mut ChannelCtx) -> Flow {
+        self.send_unsent(ctx);
         self.resync(ctx)
     }
 }

@@ -17,8 +17,10 @@ use crate::process::MailboxSender;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{Outgoing, Payload};
-use crate::pubsub::{Broadcast, PubSub, PubSubError, Shared, SubId, Subscriber, Target};
-use crate::socket::conn::ConnHandle;
+use crate::pubsub::{
+    Broadcast, PubSub, PubSubError, Shared, SharedPush, SubId, Subscriber, Target,
+};
+use crate::socket::conn::{Chunk, ConnHandle};
 
 pub use router::Router;
 
@@ -211,6 +213,13 @@ impl ChannelCtx {
         }
         let out = Outgoing::push(Some(&self.join_ref), &self.topic, event, &payload);
         self.conn.send_message(&out);
+    }
+
+    /// Pushes a message shared by many clients without copying it (`SharedPush`). Unlike
+    /// `push`, it carries no join_ref, and during `join` it is not held back until the reply:
+    /// send it from `handle_info` (e.g. a message the channel sent itself in `join`).
+    pub fn push_shared(&self, push: &SharedPush) -> bool {
+        push.frame(self.conn.vsn).is_some_and(|frame| self.conn.send(Chunk::Shared(frame)))
     }
 
     /// Broadcasts to every subscriber of this topic, this client included.

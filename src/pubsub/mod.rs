@@ -14,8 +14,8 @@
 mod registry;
 
 use std::any::Any;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::{fmt, io};
@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::channel;
 use crate::process::{self, MailboxSender};
-use crate::protocol::Payload;
+use crate::protocol::{Outgoing, Payload, Vsn};
 use crate::socket::conn::ConnHandle;
 
 /// A message for every subscriber of a topic (`%Phoenix.Socket.Broadcast{}`).
@@ -33,6 +33,45 @@ pub struct Broadcast {
     pub topic: String,
     pub event: String,
     pub payload: Payload,
+}
+
+impl Broadcast {
+    /// The broadcast as one complete WebSocket frame for `vsn` (`Serializer.fastlane!/1`);
+    /// `None` when that serializer cannot carry it (binary to a V1 client).
+    pub(crate) fn frame(&self, vsn: Vsn) -> Option<Arc<[u8]>> {
+        let out = Outgoing::broadcast(&self.topic, &self.event, &self.payload);
+        vsn.encode(&out).map(|e| Arc::from(e.into_frame()))
+    }
+}
+
+/// A push that many clients receive alike (the lobby's `hydrate`), framed at most once per
+/// serializer and shared by every connection it is sent to (`ChannelCtx::push_shared`), so a
+/// megabyte payload costs no per-client copy. It goes out as a broadcast does,
+/// `[null, null, topic, event, payload]`, which phoenix.js delivers to the joined channel.
+pub struct SharedPush {
+    broadcast: Broadcast,
+    frames: [OnceLock<Option<Arc<[u8]>>>; 2],
+}
+
+impl SharedPush {
+    pub fn new(topic: &str, event: &str, payload: Payload) -> SharedPush {
+        let (topic, event) = (topic.to_string(), event.to_string());
+        SharedPush { broadcast: Broadcast { topic, event, payload }, frames: Default::default() }
+    }
+
+    pub fn payload(&self) -> &Payload {
+        &self.broadcast.payload
+    }
+
+    pub(crate) fn frame(&self, vsn: Vsn) -> Option<Arc<[u8]>> {
+        self.frames[vsn.index()].get_or_init(|| self.broadcast.frame(vsn)).clone()
+    }
+}
+
+impl fmt::Debug for SharedPush {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedPush").field("event", &self.broadcast.event).finish()
+    }
 }
 
 /// Any value published to channels with `PubSub::publish` (`Phoenix.PubSub.broadcast/3` with a

@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::{Broadcast, Lag, Msg, Shared, SubId, Subscriber, Target};
 use crate::channel;
 use crate::process::MailboxSender;
-use crate::protocol::{Outgoing, Vsn};
+use crate::protocol::Vsn;
 use crate::socket::conn::{Chunk, CloseReason, ConnHandle};
 
 /// One subscription as the registry keeps it. `lagged` is shared with the `Lag` marker the
@@ -238,11 +238,6 @@ impl<'a> Fastlane<'a> {
 
     fn get(&mut self, vsn: Vsn) -> Option<Arc<[u8]>> {
         let b = self.broadcast;
-        self.frames[vsn.index()]
-            .get_or_insert_with(|| {
-                let out = Outgoing::broadcast(&b.topic, &b.event, &b.payload);
-                vsn.encode(&out).map(|e| Arc::from(e.into_frame()))
-            })
-            .clone()
+        self.frames[vsn.index()].get_or_insert_with(|| b.frame(vsn)).clone()
     }
 }

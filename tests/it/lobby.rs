@@ -272,3 +272,30 @@ fn a_lobby_channel_that_falls_behind_ends_with_exactly_the_database_rows() {
     converge(&mut client, &mut state, &expected);
     assert!(state.contains_key(&last.id));
 }
+
+/// `n` rows of the longest the API allows, in 4-byte characters: about 1.6 KB of JSON each.
+fn insert_longest_rows(store: &Store, n: i64) {
+    let sql = "INSERT INTO superheroes (name, location, power)
+               SELECT repeat('🦸', 94) || ' ' || lpad(i::text, 5, '0'), repeat('🌆', 100),
+                      repeat('⚡', 200)
+               FROM generate_series(1, $1::bigint) AS i";
+    store.client().unwrap().execute(sql, &[&n]).unwrap();
+}
+
+#[test]
+fn a_hydrate_of_several_megabytes_reaches_the_client_and_it_stays_connected() {
+    let rig = lobby_rig(test_config());
+    insert_longest_rows(&rig.store, 2_000);
+    let mut client = rig.server.client();
+    client.join_ok("superheroes:lobby");
+    // Before: over 1 MiB, the hydrate made the client a slow consumer: cut after the reply.
+    let hydrate = client.expect(|m| m[3] == "hydrate");
+    let bytes = hydrate.to_string().len();
+    assert!(bytes > 2 << 20, "hydrate of {bytes} bytes");
+    let mut state = BTreeMap::new();
+    apply(&mut state, &hydrate);
+    assert_eq!(state, rows(&rig.store));
+    let after = create(&rig.store, "After");
+    converge(&mut client, &mut state, &rows(&rig.store));
+    assert!(state.contains_key(&after.id));
+}
