@@ -299,3 +299,32 @@ fn a_hydrate_of_several_megabytes_reaches_the_client_and_it_stays_connected() {
     converge(&mut client, &mut state, &rows(&rig.store));
     assert!(state.contains_key(&after.id));
 }
+
+#[test]
+fn after_the_listener_reconnects_the_table_is_reloaded_once_for_every_client() {
+    let rig = lobby_rig(test_config());
+    let mut clients = vec![joined_client(&rig)];
+    for _ in 0..19 {
+        let mut client = rig.server.client();
+        client.join_ok("superheroes:lobby");
+        let mut state = BTreeMap::new();
+        apply(&mut state, &client.expect(|m| m[3] == "hydrate"));
+        clients.push((client, state));
+    }
+    // A write nobody is notified of, as if made while the listener was away.
+    crate::superheroes::insert_rows(&rig.store, 1, "Unannounced", "P");
+    let kill = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                WHERE datname = current_database() AND application_name = 'phx-threads-listener'";
+    assert_eq!(rig.store.client().unwrap().query(kill, &[]).unwrap().len(), 1);
+
+    let expected = rows(&rig.store);
+    let mut message_ids = std::collections::BTreeSet::new();
+    for (client, state) in &mut clients {
+        let hydrate = client.expect(|m| m[3] == "hydrate");
+        message_ids.insert(hydrate[4]["message_id"].as_str().unwrap().to_string());
+        apply(state, &hydrate);
+        assert_eq!(*state, expected);
+    }
+    // Before: each of the 20 channels queried the whole table itself, at the same moment.
+    assert_eq!(message_ids.len(), 1, "one load and one encoding, shared");
+}
