@@ -361,17 +361,17 @@ impl ConnShared {
     }
 }
 
-/// Moves pending frames into `batch`, up to about `WRITE_BATCH_BYTES`.
+/// Moves up to `WRITE_BATCH_BYTES` more of the pending bytes into `batch`, splitting a frame
+/// if need be: a multi-megabyte frame (a big `hydrate`, shared by every client it goes to) must
+/// not be copied whole for each client that is behind.
 fn take_batch(st: &mut OutState, batch: &mut Vec<u8>) {
-    while let Some(chunk) = st.pending.pop_front() {
-        let bytes = &chunk.bytes()[st.offset..];
-        batch.extend_from_slice(bytes);
-        st.pending_bytes -= bytes.len();
-        st.offset = 0;
-        forget_oversized(st, chunk.bytes().len());
-        if batch.len() >= WRITE_BATCH_BYTES {
-            break;
-        }
+    let end = batch.len() + WRITE_BATCH_BYTES;
+    while batch.len() < end {
+        let Some(front) = st.pending.front() else { break };
+        let bytes = &front.bytes()[st.offset..];
+        let n = bytes.len().min(end - batch.len());
+        batch.extend_from_slice(&bytes[..n]);
+        advance(st, n);
     }
 }
 
