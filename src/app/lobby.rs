@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -131,13 +132,16 @@ pub fn message_id() -> String {
 /// database in turn behind the lock.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// The shared handle; clone it freely.
+/// The shared handle; clone it freely. Every holder of the lock is bounded: a load by the
+/// pool's checkout (5 s) and statement (10 s) timeouts, the rest by CPU work on the table.
 #[derive(Clone)]
 pub struct Lobby {
     inner: Arc<Mutex<Inner>>,
     store: Store,
     /// Test hook (`hold_channels`): channels take it shared before each change they handle.
     gate: Arc<RwLock<()>>,
+    /// A resync could not be published (registry congested): publish it before the next event.
+    resync_owed: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -151,7 +155,18 @@ struct Inner {
 impl Lobby {
     pub fn new(store: Store) -> Lobby {
         let inner = Inner { state: None, last_seq: 0, failed_at: None };
-        Lobby { inner: Arc::new(Mutex::new(inner)), store, gate: Arc::default() }
+        let (gate, resync_owed) = (Arc::default(), Arc::default());
+        Lobby { inner: Arc::new(Mutex::new(inner)), store, gate, resync_owed }
+    }
+
+    /// Remembers that channels must be told to resync at the next opportunity.
+    pub fn owe_resync(&self) {
+        self.resync_owed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a resync is owed; clears the debt.
+    pub fn take_resync_owed(&self) -> bool {
+        self.resync_owed.swap(false, Ordering::Relaxed)
     }
 
     /// For tests that need a slow lobby channel: until the guard is dropped, every lobby

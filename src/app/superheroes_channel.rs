@@ -144,6 +144,9 @@ impl Channel for SuperheroesChannel {
 /// The listener callback: applies each committed change to the lobby and publishes it on
 /// `CHANGES_TOPIC`; after a reconnect, reloads the lobby once and publishes a resync.
 pub fn publish_store_event(lobby: &Lobby, pubsub: &crate::PubSub, event: StoreEvent) {
+    if lobby.take_resync_owed() {
+        resync_after(lobby, pubsub, "an earlier resync could not be published");
+    }
     let event = match event {
         StoreEvent::Change { action, superhero } => {
             let hero = Arc::new(superhero);
@@ -171,6 +174,7 @@ fn resync_after(lobby: &Lobby, pubsub: &crate::PubSub, why: &str) {
     log::error!("superheroes lobby: a change was not delivered ({why}); resyncing");
     let _ = lobby.reload();
     if let Err(e) = pubsub.publish(CHANGES_TOPIC, Arc::new(LobbyEvent::Resync)) {
-        log::error!("superheroes lobby: resync not delivered either: {e}");
+        log::error!("superheroes lobby: resync not delivered either ({e}); retried next event");
+        lobby.owe_resync();
     }
 }
