@@ -328,3 +328,19 @@ fn after_the_listener_reconnects_the_table_is_reloaded_once_for_every_client() {
     // Before: each of the 20 channels queried the whole table itself, at the same moment.
     assert_eq!(message_ids.len(), 1, "one load and one encoding, shared");
 }
+
+#[test]
+fn a_client_that_leaves_a_big_hydrate_unread_is_still_cut_when_another_one_queues() {
+    let rig = lobby_rig(test_config());
+    insert_longest_rows(&rig.store, 10_000); // a 15 MB hydrate: more than the socket buffers
+    let mut client = rig.server.client();
+    client.join_ok("superheroes:lobby");
+    // The client reads nothing more. A resync queues a second hydrate behind the first.
+    let kill = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                WHERE datname = current_database() AND application_name = 'phx-threads-listener'";
+    assert!(eventually(WAIT, || rig.store.client().unwrap().query(kill, &[]).unwrap().len() == 1));
+    assert!(
+        eventually(EVENT_TIMEOUT, || rig.server.handle().connection_count() == 0),
+        "a client 30 MB behind was not cut"
+    );
+}
