@@ -256,14 +256,16 @@ impl ConnShared {
     }
 
     /// Appends to `pending`, or cuts the connection if that would put the client more than
-    /// `max_pending_bytes` behind. One frame bigger than that budget (a big `hydrate`) is not by
+    /// `max_pending_bytes` behind. One shared frame bigger than that budget (a big `hydrate`,
+    /// one `Arc` for every client it goes to, so it costs no memory per client) is not by
     /// itself a sign of a slow client: it is taken when the rest of the queue is within budget
     /// and does not count against the frames behind it, so the budget is `max_pending_bytes`
-    /// plus one such frame; a second one while the first is queued is over budget.
+    /// plus one such frame; a second one while the first is queued is over budget. An owned
+    /// frame (a reply) bigger than the budget still makes a slow consumer.
     fn append(&self, st: &mut OutState, chunk: Chunk) -> bool {
         let len = chunk.bytes().len();
         let max = self.limits.max_pending_bytes;
-        let big = len > max;
+        let big = len > max && matches!(chunk, Chunk::Shared(_));
         let counted = st.pending_bytes.saturating_sub(st.oversized) + if big { 0 } else { len };
         if counted > max || (big && st.oversized > 0) {
             st.broken = true;
