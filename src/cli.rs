@@ -46,6 +46,8 @@ OPTIONS (environment variable in brackets):
     --presence-max-meta-bytes N   [PHX_PRESENCE_MAX_META_BYTES, default 1024]
     --presence-max-metas-per-key N   [PHX_PRESENCE_MAX_METAS_PER_KEY, default 64]
     --presence-max-per-topic N    [PHX_PRESENCE_MAX_PER_TOPIC, default 100000]
+    --max-superheroes N       creates beyond N rows get 422 [PHX_MAX_SUPERHEROES,
+                              default 10000]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -71,6 +73,8 @@ pub struct Args {
     pub http_max_connections: usize,
     pub http_head_timeout: Duration,
     pub http_body_timeout: Duration,
+    /// Bound on the superheroes table (`store::StoreConfig::max_superheroes`).
+    pub max_superheroes: usize,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -118,6 +122,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         http_max_connections: HttpConfig::default().max_connections,
         http_head_timeout: HttpConfig::default().head_timeout,
         http_body_timeout: HttpConfig::default().body_timeout,
+        max_superheroes: crate::store::superheroes::MAX_ROWS,
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -140,6 +145,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_PRESENCE_MAX_META_BYTES", "--presence-max-meta-bytes"),
         ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
         ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
+        ("PHX_MAX_SUPERHEROES", "--max-superheroes"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -166,6 +172,7 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--idle-timeout-ms" => {
             args.ws.idle_timeout = std::time::Duration::from_millis(number()? as u64)
         }
+        "--max-superheroes" => args.max_superheroes = number()?,
         "--check-origin" => {
             args.ws.check_origin =
                 value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()

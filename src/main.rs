@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use phx_threads::app::{self, superheroes_channel};
+use phx_threads::app::{self, lobby::Lobby, superheroes_channel};
 use phx_threads::cli::{self, Args, Command};
 use phx_threads::http::{self, HttpConfig, HttpDeps};
 use phx_threads::store::{self, Store, cluster::LocalCluster, listener};
@@ -39,7 +39,8 @@ fn main() -> ExitCode {
 /// Connects (starting the private cluster if needed), migrates and seeds.
 fn database(args: &Args) -> Result<(Store, Option<LocalCluster>), String> {
     let data_dir = args.data_dir.join("pg");
-    store::bootstrap(args.database_url.as_deref(), &data_dir).map_err(|e| format!("database: {e}"))
+    store::bootstrap_with(args.database_url.as_deref(), &data_dir, args.max_superheroes)
+        .map_err(|e| format!("database: {e}"))
 }
 
 fn serve(args: Args) -> Result<(), String> {
@@ -50,17 +51,18 @@ fn serve(args: Args) -> Result<(), String> {
         true => (None, None),
         false => database(&args).map(|(s, c)| (Some(s), c))?,
     };
-    let ws = server::start(args.ws.clone(), app::router(store.clone()), app::connect())
+    let lobby = store.clone().map(Lobby::new);
+    let ws = server::start(args.ws.clone(), app::router(lobby.clone()), app::connect())
         .map_err(|e| format!("cannot listen on {}: {e}", args.ws.ws_addr))?;
     let pubsub = ws.pubsub();
-    let listener = match &store {
-        Some(store) => Some(
+    let listener = match (&store, lobby) {
+        (Some(store), Some(lobby)) => Some(
             listener::spawn_listener(&store.config().url, move |event| {
-                superheroes_channel::publish_store_event(&pubsub, event)
+                superheroes_channel::publish_store_event(&lobby, &pubsub, event)
             })
             .map_err(|e| format!("change listener: {e}"))?,
         ),
-        None => None,
+        _ => None,
     };
     let http_config = HttpConfig {
         addr: args.http_addr,

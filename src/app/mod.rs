@@ -1,6 +1,7 @@
 //! The application mounted by the binary: our channels and the socket's connect callback
 //! (Phoenix's `lib/my_app_web`). Nothing in the framework modules depends on this module.
 
+pub mod lobby;
 pub mod room_channel;
 pub mod superheroes_channel;
 pub mod viewers;
@@ -14,20 +15,21 @@ use crate::channel::{ChannelCtx, Router};
 use crate::presence::Presence;
 use crate::protocol::Payload;
 use crate::socket::transport::{ConnectFn, Connected};
-use crate::store::Store;
+use lobby::Lobby;
 
 /// The socket's channel routes: the chat (`room:*`) and, with a database, the superheroes lobby;
-/// both track their members in one presence tracker.
-pub fn router(store: Option<Store>) -> Router {
+/// both track their members in one presence tracker. Every lobby channel shares `lobby`'s one
+/// copy of the table.
+pub fn router(lobby: Option<Lobby>) -> Router {
     let presence = Presence::new();
     let rooms = presence.clone();
     let router = Router::new()
         .presence(presence.clone())
         .channel("room:*", move || room_channel::RoomChannel::new(rooms.clone()));
-    match store {
-        Some(store) => router.channel("superheroes:lobby", move || {
-            let lobby = superheroes_channel::SuperheroesChannel::new(store.clone());
-            viewers::Viewed::new(lobby, presence.clone())
+    match lobby {
+        Some(lobby) => router.channel(lobby::TOPIC, move || {
+            let channel = superheroes_channel::SuperheroesChannel::new(lobby.clone());
+            viewers::Viewed::new(channel, presence.clone())
         }),
         None => router,
     }

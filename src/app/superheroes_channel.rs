@@ -1,24 +1,24 @@
-//! `superheroes:lobby` (seed 000): the channel keeps its own copy of the superheroes, pushes
-//! `hydrate` on join, then `create`, `update` and `delete` as committed changes arrive.
+//! `superheroes:lobby` (seed 000): pushes `hydrate` on join, then `create`, `update` and
+//! `delete` as committed changes arrive.
 //!
-//! Changes come from the database's NOTIFY listener through PubSub topic `CHANGES_TOPIC`, as a
-//! `LobbyEvent` published once (`PubSub::publish`, the seed's `PubSub.broadcast` of
-//! `{action, superhero}`): the hero is decoded and its push payload encoded once per change, and
-//! every lobby channel shares them, so a change costs each subscriber a comparison and a frame.
-//! Updates are last-write-wins on `(updated_at, version)`: an update that is not newer than the
-//! channel's copy is not pushed, so a client applying the seed's upsert logic ends with exactly
-//! the database's rows. After the listener reconnects (changes may have been missed) a `Resync`
-//! reloads the list and pushes a fresh `hydrate`.
+//! The table lives once, in the shared `Lobby` (`app/lobby.rs`); a channel keeps only the
+//! sequence number of what it has sent. Changes come from the database's NOTIFY listener:
+//! `publish_store_event` applies each to the `Lobby` (last-write-wins on `(updated_at,
+//! version)`, once for all clients), encodes its push payload once, and publishes it on PubSub
+//! topic `CHANGES_TOPIC` (the seed's `PubSub.broadcast` of `{action, superhero}`), so a change
+//! costs each channel a comparison and a frame. After the listener reconnects (changes may
+//! have been missed) the table is reloaded once and every channel pushes the new `hydrate`.
+//! A channel whose mailbox overflowed (`handle_lagged`) catches up the same way.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::json;
 
+use super::lobby::{Hydrate, Lobby, message_id};
 use crate::channel::{Channel, ChannelCtx, Flow, Info, JoinResult, StopReason};
 use crate::protocol::{JsonText, Payload};
-use crate::store::listener::{Action, StoreEvent};
-use crate::store::{Store, superheroes, superheroes::Superhero};
+use crate::store::listener::StoreEvent;
+use crate::store::superheroes::Superhero;
 
 /// Internal PubSub topic carrying committed changes (not routable by clients).
 pub const CHANGES_TOPIC: &str = "superheroes:changes";
@@ -27,190 +27,154 @@ pub const CHANGES_TOPIC: &str = "superheroes:changes";
 #[derive(Debug)]
 pub enum LobbyEvent {
     Change(Change),
-    /// Changes may have been lost: reload.
+    /// The table was reloaded (changes may have been lost): send the new `hydrate`.
     Resync,
 }
 
-/// One committed change, decoded and encoded once for every lobby channel.
+/// One change clients must hear of, numbered and encoded once for every lobby channel.
 #[derive(Debug)]
 pub struct Change {
-    pub action: Action,
-    pub hero: Arc<Superhero>,
+    pub seq: u64,
+    pub event: &'static str,
     /// `{"superhero": …, "message_id": …}`. The message id names this change: each client
     /// receives it once, and every client sees the same id for the same change.
     pub payload: Payload,
 }
 
 impl Change {
-    pub fn new(action: Action, hero: Superhero) -> Result<Change, serde_json::Error> {
+    pub fn new(
+        seq: u64,
+        event: &'static str,
+        hero: &Superhero,
+    ) -> Result<Change, serde_json::Error> {
         let payload = JsonText::encode(&json!({ "superhero": hero, "message_id": message_id() }))?;
-        Ok(Change { action, hero: Arc::new(hero), payload: payload.into() })
+        Ok(Change { seq, event, payload: payload.into() })
     }
 }
 
 pub struct SuperheroesChannel {
-    store: Store,
-    heroes: HashMap<i64, Arc<Superhero>>,
-    /// Ids deleted while joined, with the version they had, so a late update cannot bring a
-    /// deleted hero back.
-    deleted: HashMap<i64, (chrono::DateTime<chrono::Utc>, i64)>,
+    lobby: Lobby,
+    /// The sequence number of the last state this client was sent (hydrate or change).
+    sent: u64,
+    /// The `hydrate` taken in `join`, pushed before anything else this channel sends (a shared
+    /// push cannot be held back behind the join reply, so `join` cannot send it itself).
+    unsent: Option<Arc<Hydrate>>,
 }
 
+/// What `join` sends itself so that the first `hydrate` goes out even if no change comes.
+struct SendHydrate;
+
 impl SuperheroesChannel {
-    pub fn new(store: Store) -> SuperheroesChannel {
-        SuperheroesChannel { store, heroes: HashMap::new(), deleted: HashMap::new() }
+    pub fn new(lobby: Lobby) -> SuperheroesChannel {
+        SuperheroesChannel { lobby, sent: 0, unsent: None }
     }
 
-    fn load(&mut self) -> Result<(), String> {
-        let mut client = self.store.client().map_err(|e| e.to_string())?;
-        let list = superheroes::list(&mut *client).map_err(|e| e.to_string())?;
-        self.heroes = list.into_iter().map(|h| (h.id, Arc::new(h))).collect();
-        self.deleted.clear();
+    fn send_unsent(&mut self, ctx: &mut ChannelCtx) {
+        if let Some(hydrate) = self.unsent.take() {
+            ctx.push_shared(&hydrate.push);
+        }
+    }
+
+    /// Pushes the current `hydrate` unless the client already has that version or a newer one.
+    fn catch_up(&mut self, ctx: &mut ChannelCtx) -> Result<(), String> {
+        let hydrate = self.lobby.snapshot()?;
+        if hydrate.seq > self.sent {
+            self.unsent = None;
+            ctx.push_shared(&hydrate.push);
+            self.sent = hydrate.seq;
+        }
         Ok(())
     }
 
-    fn push_hydrate(&self, ctx: &mut ChannelCtx) {
-        let mut list: Vec<&Superhero> = self.heroes.values().map(|h| &**h).collect();
-        list.sort_by_key(|h| h.id);
-        ctx.push("hydrate", json!({ "superheroes": list, "message_id": message_id() }));
+    fn forward(&mut self, change: &Change, ctx: &mut ChannelCtx) {
+        self.lobby.pass_gate();
+        if change.seq > self.sent {
+            ctx.push(change.event, change.payload.clone());
+            self.sent = change.seq;
+        }
     }
 
-    /// Applies one committed change; returns the event to push, if the client must hear of it.
-    fn apply(&mut self, action: Action, hero: &Arc<Superhero>) -> Option<&'static str> {
-        let key = (hero.updated_at, hero.version);
-        if self.deleted.get(&hero.id).is_some_and(|deleted| *deleted >= key) {
-            return None;
-        }
-        let current = self.heroes.get(&hero.id).map(|h| (h.updated_at, h.version));
-        match action {
-            Action::Delete => {
-                self.heroes.remove(&hero.id)?;
-                self.deleted.insert(hero.id, key.max(current.unwrap_or(key)));
-                Some("delete")
-            }
-            Action::Create | Action::Update if current.is_some_and(|c| c >= key) => None,
-            Action::Create | Action::Update => {
-                let event = if current.is_some() { "update" } else { "create" };
-                let event = if action == Action::Create { "create" } else { event };
-                self.heroes.insert(hero.id, hero.clone());
-                Some(event)
-            }
+    fn resync(&mut self, ctx: &mut ChannelCtx) -> Flow {
+        match self.catch_up(ctx) {
+            Ok(()) => Flow::Continue,
+            // The client rejoins after phx_error, and its join loads the table again.
+            Err(e) => Flow::Stop(StopReason::Error(format!("resync failed: {e}"))),
         }
     }
 }
 
 impl Channel for SuperheroesChannel {
     fn join(&mut self, _topic: &str, _payload: Payload, ctx: &mut ChannelCtx) -> JoinResult {
-        // Subscribe before loading: a change committed in between arrives as an event and is
-        // reconciled by last-write-wins instead of being lost.
+        // Subscribe before taking the snapshot: a change committed in between arrives as an
+        // event numbered above the snapshot instead of being lost.
         ctx.subscribe(CHANGES_TOPIC)
             .map_err(|e| Payload::from(json!({"reason": e.to_string()})))?;
-        if let Err(e) = self.load() {
+        let hydrate = self.lobby.snapshot().map_err(|e| {
             log::warn!("superheroes:lobby join: {e}");
-            return Err(json!({"reason": "database unavailable"}).into());
-        }
-        self.push_hydrate(ctx);
+            Payload::from(json!({"reason": "database unavailable"}))
+        })?;
+        self.sent = hydrate.seq;
+        self.unsent = Some(hydrate);
+        // If the mailbox is full, the first change queued there sends the hydrate instead.
+        ctx.sender().send(SendHydrate);
         Ok(Payload::empty())
     }
 
     fn handle_info(&mut self, info: Info, ctx: &mut ChannelCtx) -> Flow {
+        self.send_unsent(ctx);
         let Info::Shared(message) = info else { return Flow::Continue };
         match message.downcast_ref::<LobbyEvent>() {
             Some(LobbyEvent::Change(change)) => {
-                if let Some(event) = self.apply(change.action, &change.hero) {
-                    ctx.push(event, change.payload.clone());
-                }
+                self.forward(change, ctx);
                 Flow::Continue
             }
-            Some(LobbyEvent::Resync) => match self.load() {
-                Ok(()) => {
-                    self.push_hydrate(ctx);
-                    Flow::Continue
-                }
-                // The client rejoins after phx_error, and its join reloads the list.
-                Err(e) => Flow::Stop(StopReason::Error(format!("resync failed: {e}"))),
-            },
+            Some(LobbyEvent::Resync) => self.resync(ctx),
             None => Flow::Continue,
         }
     }
+
+    /// Changes were not delivered to this channel: its client gets a fresh `hydrate` of the
+    /// shared table, which includes them.
+    fn handle_lagged(&mut self, _topic: &str, ctx: &mut ChannelCtx) -> Flow {
+        self.send_unsent(ctx);
+        self.resync(ctx)
+    }
 }
 
-fn message_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// The listener callback: publishes each committed change (or a resync) on `CHANGES_TOPIC`.
-pub fn publish_store_event(pubsub: &crate::PubSub, event: StoreEvent) {
+/// The listener callback: applies each committed change to the lobby and publishes it on
+/// `CHANGES_TOPIC`; after a reconnect, reloads the lobby once and publishes a resync.
+pub fn publish_store_event(lobby: &Lobby, pubsub: &crate::PubSub, event: StoreEvent) {
+    if lobby.take_resync_owed() {
+        resync_after(lobby, pubsub, "an earlier resync could not be published");
+    }
     let event = match event {
-        StoreEvent::Change { action, superhero } => match Change::new(action, superhero) {
-            Ok(change) => LobbyEvent::Change(change),
-            Err(e) => {
-                log::error!("cannot encode a superheroes change: {e}");
-                return;
+        StoreEvent::Change { action, superhero } => {
+            let hero = Arc::new(superhero);
+            let Some((seq, event)) = lobby.apply(action, &hero) else { return };
+            match Change::new(seq, event, &hero) {
+                Ok(change) => LobbyEvent::Change(change),
+                Err(e) => return resync_after(lobby, pubsub, &format!("cannot encode: {e}")),
             }
-        },
-        StoreEvent::Resync => LobbyEvent::Resync,
+        }
+        StoreEvent::Resync => {
+            if let Err(e) = lobby.reload() {
+                log::warn!("superheroes lobby: reload failed ({e}); channels will stop");
+            }
+            LobbyEvent::Resync
+        }
     };
     if let Err(e) = pubsub.publish(CHANGES_TOPIC, Arc::new(event)) {
-        log::error!("cannot publish a superheroes change: {e}");
+        resync_after(lobby, pubsub, &format!("cannot publish: {e}"));
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use chrono::{TimeZone, Utc};
-
-    use super::*;
-
-    fn hero(id: i64, version: i64, micros: i64, name: &str) -> Superhero {
-        let at = Utc.timestamp_micros(1_800_000_000_000_000 + micros).unwrap();
-        Superhero {
-            id,
-            name: name.into(),
-            location: "Gotham".into(),
-            power: "none".into(),
-            version,
-            inserted_at: at,
-            updated_at: at,
-        }
-    }
-
-    fn check(events: &[(Action, Superhero)], pushed: &[&str], final_names: &[(i64, &str)]) {
-        let store = Store::lazy(crate::store::StoreConfig::new("postgresql://unused@localhost/x"))
-            .expect("lazy store does not connect");
-        let mut channel = SuperheroesChannel::new(store);
-        channel.heroes.insert(1, Arc::new(hero(1, 1, 0, "one")));
-        let got: Vec<&str> =
-            events.iter().filter_map(|(a, h)| channel.apply(*a, &Arc::new(h.clone()))).collect();
-        assert_eq!(got, pushed);
-        let mut names: Vec<(i64, &str)> =
-            channel.heroes.values().map(|h| (h.id, h.name.as_str())).collect();
-        names.sort();
-        assert_eq!(names, final_names);
-    }
-
-    #[test]
-    fn last_write_wins() {
-        use Action::*;
-        check(&[(Update, hero(1, 2, 5, "two"))], &["update"], &[(1, "two")]);
-        check(
-            &[(Update, hero(1, 3, 9, "three")), (Update, hero(1, 2, 5, "two"))],
-            &["update"],
-            &[(1, "three")],
-        );
-        check(&[(Update, hero(1, 1, 0, "same"))], &[], &[(1, "one")]);
-        // Equal timestamps: the version decides, deterministically.
-        check(
-            &[(Update, hero(1, 3, 0, "v3")), (Update, hero(1, 2, 0, "v2"))],
-            &["update"],
-            &[(1, "v3")],
-        );
-        check(
-            &[(Create, hero(2, 1, 1, "new")), (Create, hero(2, 1, 1, "new"))],
-            &["create"],
-            &[(1, "one"), (2, "new")],
-        );
-        check(&[(Delete, hero(1, 1, 0, "one")), (Update, hero(1, 1, 0, "late"))], &["delete"], &[]);
-        check(&[(Delete, hero(7, 1, 0, "unknown"))], &[], &[(1, "one")]);
+/// A change applied to the lobby could not be sent: rather than leave every client without
+/// it, reload and tell every channel to send a fresh `hydrate`.
+fn resync_after(lobby: &Lobby, pubsub: &crate::PubSub, why: &str) {
+    log::error!("superheroes lobby: a change was not delivered ({why}); resyncing");
+    let _ = lobby.reload();
+    if let Err(e) = pubsub.publish(CHANGES_TOPIC, Arc::new(LobbyEvent::Resync)) {
+        log::error!("superheroes lobby: resync not delivered either ({e}); retried next event");
+        lobby.owe_resync();
     }
 }

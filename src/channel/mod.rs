@@ -17,8 +17,10 @@ use crate::process::MailboxSender;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{Outgoing, Payload};
-use crate::pubsub::{Broadcast, PubSub, PubSubError, Shared, SubId, Subscriber, Target};
-use crate::socket::conn::ConnHandle;
+use crate::pubsub::{
+    Broadcast, PubSub, PubSubError, Shared, SharedPush, SubId, Subscriber, Target,
+};
+use crate::socket::conn::{Chunk, ConnHandle};
 
 pub use router::Router;
 
@@ -62,6 +64,16 @@ pub trait Channel: Send + 'static {
     fn handle_info(&mut self, info: Info, ctx: &mut ChannelCtx) -> Flow {
         let _ = (info, ctx);
         Flow::Continue
+    }
+
+    /// This channel's mailbox overflowed with messages of `topic`, an extra topic it
+    /// subscribed to: some were not delivered, and none are queued until this returns. A
+    /// channel that can catch up (reload, resend a snapshot) does so and continues. The default
+    /// stops the channel with `phx_error`, so the client rejoins and starts afresh: never
+    /// silently behind.
+    fn handle_lagged(&mut self, topic: &str, ctx: &mut ChannelCtx) -> Flow {
+        let _ = ctx;
+        Flow::Stop(StopReason::Error(format!("slow consumer: missed messages on {topic}")))
     }
 
     /// Called when the channel stops for any reason but a crash or a duplicate join.
@@ -138,6 +150,9 @@ pub(crate) enum Msg {
     Broadcast(Arc<Broadcast>),
     Shared(Shared),
     Info(Box<dyn Any + Send>),
+    /// From the registry, past the capacity check: messages were not queued
+    /// (`Channel::handle_lagged`).
+    Lagged(crate::pubsub::Lag),
     /// From the socket, past the capacity check: stop now (`server::Stop`).
     Stop(server::Stop),
 }
@@ -207,6 +222,13 @@ impl ChannelCtx {
         }
         let out = Outgoing::push(Some(&self.join_ref), &self.topic, event, &payload);
         self.conn.send_message(&out);
+    }
+
+    /// Pushes a message shared by many clients without copying it (`SharedPush`). Unlike
+    /// `push`, it carries no join_ref, and during `join` it is not held back until the reply:
+    /// send it from `handle_info` (e.g. a message the channel sent itself in `join`).
+    pub fn push_shared(&self, push: &SharedPush) -> bool {
+        push.frame(self.conn.vsn).is_some_and(|frame| self.conn.send(Chunk::Shared(frame)))
     }
 
     /// Broadcasts to every subscriber of this topic, this client included.

@@ -162,6 +162,9 @@ fn run(req: JoinRequest, mb: Mailboxes) {
     if outcome == JoinOutcome::Joined && !subscribe_own_topic(&ctx, &*channel) {
         let reply = Payload::from(json!({"reason": "join crashed"}));
         reply_join(&ctx, ref_.as_deref(), "error", &reply);
+        // The topics `join` subscribed to must not outlive this refused join. After the reply:
+        // the registry is congested (that is why the subscribe failed), so this may wait.
+        unsubscribe_all(&ctx);
         let _ = notices.send(Notice::Joined(id, JoinOutcome::Crashed));
         return;
     }
@@ -242,6 +245,10 @@ fn handle(channel: &mut dyn Channel, ctx: &mut ChannelCtx, msg: Msg) -> Flow {
         Msg::Broadcast(b) => channel.handle_info(Info::Broadcast(b), ctx),
         Msg::Shared(m) => channel.handle_info(Info::Shared(m), ctx),
         Msg::Info(m) => channel.handle_info(Info::Message(m), ctx),
+        Msg::Lagged(lag) => {
+            lag.resume();
+            channel.handle_lagged(&lag.topic, ctx)
+        }
         Msg::Stop(_) => unreachable!("serve handles stops before dispatch"),
     }
 }

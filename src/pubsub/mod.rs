@@ -2,26 +2,29 @@
 //! `Phoenix.Channel.Server.dispatch/3`).
 //!
 //! Runs on: the `pubsub` thread (`registry::run`); `PubSub` handles are used from any thread.
-//! Messages: `Msg::{Subscribe, Unsubscribe, Broadcast, Publish, Stop}`.
+//! Messages: `Msg::{Subscribe, Unsubscribe, Broadcast, Publish, Count, Stop}`.
 //! **Invariant:** the registry never blocks on a client. Fastlane frames are written with one
 //! non-blocking send from this thread (`ConnShared::send_direct`), or, for topics of at least
 //! `spread_fanout` subscribers, queued at the connections' writers (`ConnShared::send`); a
 //! client too far behind is evicted (slow consumer), never waited for.
+//! **Nothing is dropped silently:** a message a subscriber's mailbox cannot take either cuts its
+//! connection (a channel's own topic), or leaves it one `Lag` marker (a channel's extra topic;
+//! `Channel::handle_lagged`), or is counted in `Subscription::take_dropped` (plain mailboxes).
 
 mod registry;
 
 use std::any::Any;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use std::{fmt, io};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::channel;
 use crate::process::{self, MailboxSender};
-use crate::protocol::Payload;
+use crate::protocol::{Outgoing, Payload, Vsn};
 use crate::socket::conn::ConnHandle;
 
 /// A message for every subscriber of a topic (`%Phoenix.Socket.Broadcast{}`).
@@ -30,6 +33,45 @@ pub struct Broadcast {
     pub topic: String,
     pub event: String,
     pub payload: Payload,
+}
+
+impl Broadcast {
+    /// The broadcast as one complete WebSocket frame for `vsn` (`Serializer.fastlane!/1`);
+    /// `None` when that serializer cannot carry it (binary to a V1 client).
+    pub(crate) fn frame(&self, vsn: Vsn) -> Option<Arc<[u8]>> {
+        let out = Outgoing::broadcast(&self.topic, &self.event, &self.payload);
+        vsn.encode(&out).map(|e| Arc::from(e.into_frame()))
+    }
+}
+
+/// A push that many clients receive alike (the lobby's `hydrate`), framed at most once per
+/// serializer and shared by every connection it is sent to (`ChannelCtx::push_shared`), so a
+/// megabyte payload costs no per-client copy. It goes out as a broadcast does,
+/// `[null, null, topic, event, payload]`, which phoenix.js delivers to the joined channel.
+pub struct SharedPush {
+    broadcast: Broadcast,
+    frames: [OnceLock<Option<Arc<[u8]>>>; 2],
+}
+
+impl SharedPush {
+    pub fn new(topic: &str, event: &str, payload: Payload) -> SharedPush {
+        let (topic, event) = (topic.to_string(), event.to_string());
+        SharedPush { broadcast: Broadcast { topic, event, payload }, frames: Default::default() }
+    }
+
+    pub fn payload(&self) -> &Payload {
+        &self.broadcast.payload
+    }
+
+    pub(crate) fn frame(&self, vsn: Vsn) -> Option<Arc<[u8]>> {
+        self.frames[vsn.index()].get_or_init(|| self.broadcast.frame(vsn)).clone()
+    }
+}
+
+impl fmt::Debug for SharedPush {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedPush").field("event", &self.broadcast.event).finish()
+    }
 }
 
 /// Any value published to channels with `PubSub::publish` (`Phoenix.PubSub.broadcast/3` with a
@@ -60,8 +102,26 @@ pub(crate) enum Target {
     },
     /// A socket subscribed to its socket id: `disconnect` closes it with 1001.
     Socket(ConnHandle),
-    /// Anything else (REST code, tests): a plain bounded mailbox.
-    Mailbox(Sender<Arc<Broadcast>>),
+    /// Anything else (REST code, tests): a plain bounded mailbox; broadcasts it had no room for
+    /// are counted in `dropped`.
+    Mailbox { tx: Sender<Arc<Broadcast>>, dropped: Arc<AtomicU64> },
+}
+
+/// The marker a channel gets instead of the messages its mailbox had no room for, on a topic it
+/// subscribed to with `ChannelCtx::subscribe`. Until the channel has handled it, nothing more
+/// is queued for it on any topic (the marker already says "catch up").
+pub(crate) struct Lag {
+    pub topic: String,
+    pub(super) flag: Arc<AtomicBool>,
+}
+
+impl Lag {
+    /// Lets the registry queue messages for this channel again. Call before catching up (e.g.
+    /// before taking a fresh snapshot), so that whatever was published after the snapshot is
+    /// delivered.
+    pub(crate) fn resume(&self) {
+        self.flag.store(false, Ordering::Release);
+    }
 }
 
 pub(crate) struct Subscriber {
@@ -70,10 +130,27 @@ pub(crate) struct Subscriber {
 }
 
 pub(crate) enum Msg {
-    Subscribe { topic: String, sub: Subscriber },
-    Unsubscribe { topic: String, id: SubId },
-    Broadcast { broadcast: Arc<Broadcast>, from: Option<SubId> },
-    Publish { topic: String, message: Shared },
+    Subscribe {
+        topic: String,
+        sub: Subscriber,
+    },
+    Unsubscribe {
+        topic: String,
+        id: SubId,
+    },
+    Broadcast {
+        broadcast: Arc<Broadcast>,
+        from: Option<SubId>,
+    },
+    Publish {
+        topic: String,
+        message: Shared,
+    },
+    /// How many subscribers `topic` has (observability and tests).
+    Count {
+        topic: String,
+        reply: Sender<usize>,
+    },
     Stop,
 }
 
@@ -110,6 +187,15 @@ pub struct Subscription {
     topic: String,
     id: SubId,
     pubsub: PubSub,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// How many broadcasts were not queued because `rx` was full, since the last call. Non-zero
+    /// means this subscriber missed messages and must resynchronise however its use requires.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
 }
 
 impl Drop for Subscription {
@@ -122,22 +208,49 @@ impl Drop for Subscription {
 pub struct PubSubProcess {
     pub pubsub: PubSub,
     thread: JoinHandle<()>,
+    /// Disconnected when the registry thread ends (even by panic), so `stop` can wait for it
+    /// with a deadline before joining.
+    done: Receiver<()>,
 }
+
+/// How long `PubSubProcess::stop` waits for the registry to take the stop and finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl PubSubProcess {
     /// `spread_fanout`: from this many subscribers up, a topic's fastlane frames are queued at
     /// the connections' writers instead of written by the registry (`Config::spread_fanout`).
     pub fn start(mailbox: usize, spread_fanout: usize) -> io::Result<PubSubProcess> {
         let (tx, rx) = bounded(mailbox);
-        let run = move || registry::run(rx, spread_fanout);
+        let (done_tx, done) = bounded::<()>(0);
+        let run = move || {
+            let _done = done_tx;
+            registry::run(rx, spread_fanout)
+        };
         let thread = process::spawn("pubsub".into(), 256 * 1024, run)?;
         let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5) };
-        Ok(PubSubProcess { pubsub, thread })
+        Ok(PubSubProcess { pubsub, thread, done })
     }
 
-    pub fn stop(self) {
-        let _ = self.pubsub.tx.send_timeout(Msg::Stop, Duration::from_secs(5));
-        let _ = self.thread.join();
+    /// Stops the registry and joins it, waiting at most 5 s in all. False if it did not end in
+    /// time: the thread is then left detached rather than waited for.
+    pub fn stop(self) -> bool {
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    /// `stop` with a deadline of `timeout` for the whole stop.
+    pub fn stop_within(self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let _ = self.pubsub.tx.send_deadline(Msg::Stop, deadline);
+        let ended = matches!(
+            self.done.recv_deadline(deadline),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
+        if ended {
+            let _ = self.thread.join();
+        } else {
+            log::error!("pubsub registry did not stop within {timeout:?}; left running");
+        }
+        ended
     }
 }
 
@@ -169,12 +282,27 @@ impl PubSub {
     }
 
     /// Subscribes a bounded mailbox of `capacity` messages to `topic`. When the mailbox is full,
-    /// further broadcasts to it are dropped (and logged), never waited for.
+    /// further broadcasts to it are not waited for: they are counted, and
+    /// `Subscription::take_dropped` tells the owner it missed them.
     pub fn subscribe(&self, topic: &str, capacity: usize) -> Result<Subscription, PubSubError> {
         let (tx, rx) = bounded(capacity);
         let id = SubId::next();
-        self.subscribe_target(topic, Subscriber { id, target: Target::Mailbox(tx) })?;
-        Ok(Subscription { rx, topic: topic.to_string(), id, pubsub: self.clone() })
+        let dropped = Arc::new(AtomicU64::new(0));
+        let target = Target::Mailbox { tx, dropped: dropped.clone() };
+        self.subscribe_target(topic, Subscriber { id, target })?;
+        let topic = topic.to_string();
+        Ok(Subscription { rx, topic, id, pubsub: self.clone(), dropped })
+    }
+
+    /// How many subscribers `topic` has once the registry has handled everything sent to it
+    /// before this call (waits at most the send timeout for the answer).
+    pub fn subscriber_count(&self, topic: &str) -> Result<usize, PubSubError> {
+        let (reply, answer) = bounded(1);
+        self.send(Msg::Count { topic: topic.to_string(), reply })?;
+        answer.recv_timeout(self.send_timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => PubSubError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => PubSubError::Stopped,
+        })
     }
 
     fn send_broadcast(

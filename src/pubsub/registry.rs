@@ -2,36 +2,54 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::{Receiver, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::{Broadcast, Msg, Shared, SubId, Subscriber, Target};
+use super::{Broadcast, Lag, Msg, Shared, SubId, Subscriber, Target};
 use crate::channel;
 use crate::process::MailboxSender;
-use crate::protocol::{Outgoing, Vsn};
+use crate::protocol::Vsn;
 use crate::socket::conn::{Chunk, CloseReason, ConnHandle};
+
+/// One subscription as the registry keeps it. `lagged` is shared with the `Lag` marker the
+/// subscriber receives when its mailbox overflowed: set here, cleared by the channel when it
+/// handles the marker; while it is set, messages for that subscriber are not queued (the
+/// marker already tells it to catch up).
+struct Entry {
+    sub: Subscriber,
+    lagged: Arc<AtomicBool>,
+}
 
 /// Subscribers of one topic. The index makes unsubscribe O(1), which matters when 19k
 /// connections leave one topic at once.
 #[derive(Default)]
 struct Topic {
-    subs: Vec<Subscriber>,
+    subs: Vec<Entry>,
     index: HashMap<SubId, usize>,
 }
 
 impl Topic {
     fn insert(&mut self, sub: Subscriber) {
         self.index.insert(sub.id, self.subs.len());
-        self.subs.push(sub);
+        self.subs.push(Entry { sub, lagged: Arc::default() });
     }
 
     fn remove(&mut self, id: SubId) {
         let Some(i) = self.index.remove(&id) else { return };
         self.subs.swap_remove(i);
         if let Some(moved) = self.subs.get(i) {
-            self.index.insert(moved.id, i);
+            self.index.insert(moved.sub.id, i);
         }
     }
+}
+
+/// What became of one delivery to a mailbox.
+#[derive(PartialEq)]
+enum Delivery {
+    Done,
+    /// The receiver is gone (its channel or owner ended without unsubscribing): prune it.
+    Gone,
 }
 
 /// `spread_fanout`: from this many subscribers up, fastlane frames are queued at the
@@ -48,18 +66,33 @@ pub(super) fn run(rx: Receiver<Msg>, spread_fanout: usize) {
             Msg::Subscribe { topic, sub } => topics.entry(topic).or_default().insert(sub),
             Msg::Unsubscribe { topic, id } => unsubscribe(&mut topics, &topic, id),
             Msg::Broadcast { broadcast, from } => {
-                if let Some(topic) = topics.get(&broadcast.topic) {
-                    dispatch(topic, &broadcast, from, topic.subs.len() >= spread_fanout);
-                }
+                let topic = &broadcast.topic;
+                deliver(&mut topics, topic, |t| dispatch(t, &broadcast, from, spread_fanout));
             }
             Msg::Publish { topic, message } => {
-                if let Some(subs) = topics.get(&topic) {
-                    dispatch_shared(subs, &topic, &message);
-                }
+                deliver(&mut topics, &topic, |t| dispatch_shared(t, &topic, &message));
             }
+            Msg::Count { topic, reply } => count(&topics, &topic, &reply),
             Msg::Stop => break,
         }
     }
+}
+
+/// Runs one dispatch over `topic`'s subscribers, then prunes those whose receiver was gone.
+fn deliver(
+    topics: &mut HashMap<String, Topic>,
+    topic: &str,
+    dispatch: impl FnOnce(&Topic) -> Vec<SubId>,
+) {
+    let Some(t) = topics.get(topic) else { return };
+    for id in dispatch(t) {
+        log::debug!("pubsub: pruning a subscriber of {topic} whose mailbox is gone");
+        unsubscribe(topics, topic, id);
+    }
+}
+
+fn count(topics: &HashMap<String, Topic>, topic: &str, reply: &Sender<usize>) {
+    let _ = reply.try_send(topics.get(topic).map_or(0, |t| t.subs.len()));
 }
 
 fn unsubscribe(topics: &mut HashMap<String, Topic>, topic: &str, id: SubId) {
@@ -71,66 +104,125 @@ fn unsubscribe(topics: &mut HashMap<String, Topic>, topic: &str, id: SubId) {
     }
 }
 
-/// Delivers one broadcast. Fastlane frames are encoded at most once per serializer.
+/// Delivers one broadcast; returns the subscribers found gone. Fastlane frames are encoded at
+/// most once per serializer.
 ///
 /// Either path keeps each connection's frames in order: `send_direct` writes only when nothing
 /// is queued for that connection, and otherwise appends behind what is.
-fn dispatch(topic: &Topic, broadcast: &Arc<Broadcast>, from: Option<SubId>, spread: bool) {
+fn dispatch(
+    topic: &Topic,
+    broadcast: &Arc<Broadcast>,
+    from: Option<SubId>,
+    spread_fanout: usize,
+) -> Vec<SubId> {
+    let spread = topic.subs.len() >= spread_fanout;
     let mut frames = Fastlane::new(broadcast);
-    for sub in topic.subs.iter().filter(|s| Some(s.id) != from) {
-        match &sub.target {
-            Target::Channel { tx, fastlane: Some(conn), intercepts }
+    let mut gone = Vec::new();
+    for entry in topic.subs.iter().filter(|e| Some(e.sub.id) != from) {
+        let done = match &entry.sub.target {
+            Target::Channel { fastlane: Some(conn), intercepts, .. }
                 if !intercepts.iter().any(|e| *e == broadcast.event) =>
             {
-                if let Some(frame) = frames.get(conn.vsn) {
-                    if spread {
-                        conn.send(Chunk::Shared(frame));
-                    } else {
-                        conn.send_direct(Chunk::Shared(frame));
-                    }
-                }
-                let _ = tx; // the channel process is bypassed: that is the point of fastlane
+                fastlane(conn, frames.get(conn.vsn), spread)
             }
             Target::Channel { tx, fastlane, .. } => {
                 let msg = channel::Msg::Broadcast(broadcast.clone());
-                to_channel(tx, fastlane.as_ref(), msg, &broadcast.topic);
+                to_channel(entry, tx, fastlane.as_ref(), msg, &broadcast.topic)
             }
-            Target::Socket(conn) if broadcast.event == "disconnect" => {
-                conn.shared.close(CloseReason::Disconnect);
-            }
-            Target::Socket(_) => {}
-            Target::Mailbox(tx) => {
-                if let Err(TrySendError::Full(_)) = tx.try_send(broadcast.clone()) {
-                    log::warn!("subscriber mailbox full on {}: broadcast dropped", broadcast.topic);
-                }
-            }
+            Target::Socket(conn) => to_socket(conn, &broadcast.event),
+            Target::Mailbox { tx, dropped } => to_mailbox(tx, dropped, broadcast),
+        };
+        if done == Delivery::Gone {
+            gone.push(entry.sub.id);
         }
+    }
+    gone
+}
+
+/// The channel process is bypassed: that is the point of fastlane. A connection that cannot
+/// take the frame is cut by `ConnShared` (slow consumer), which its client sees.
+fn fastlane(conn: &ConnHandle, frame: Option<Arc<[u8]>>, spread: bool) -> Delivery {
+    if let Some(frame) = frame {
+        if spread {
+            conn.send(Chunk::Shared(frame));
+        } else {
+            conn.send_direct(Chunk::Shared(frame));
+        }
+    }
+    Delivery::Done
+}
+
+fn to_socket(conn: &ConnHandle, event: &str) -> Delivery {
+    if event == "disconnect" {
+        conn.shared.close(CloseReason::Disconnect);
+    }
+    Delivery::Done
+}
+
+/// A full `PubSub::subscribe` mailbox: the broadcast is not queued, and the owner sees it in
+/// `Subscription::take_dropped`.
+fn to_mailbox(
+    tx: &Sender<Arc<Broadcast>>,
+    dropped: &std::sync::atomic::AtomicU64,
+    broadcast: &Arc<Broadcast>,
+) -> Delivery {
+    match tx.try_send(broadcast.clone()) {
+        Ok(()) => Delivery::Done,
+        Err(TrySendError::Full(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            Delivery::Done
+        }
+        Err(TrySendError::Disconnected(_)) => Delivery::Gone,
     }
 }
 
 /// Delivers a published value to the channels subscribed to `topic`.
-fn dispatch_shared(subs: &Topic, topic: &str, message: &Shared) {
-    for sub in &subs.subs {
-        if let Target::Channel { tx, fastlane, .. } = &sub.target {
-            to_channel(tx, fastlane.as_ref(), channel::Msg::Shared(message.clone()), topic);
+fn dispatch_shared(subs: &Topic, topic: &str, message: &Shared) -> Vec<SubId> {
+    let mut gone = Vec::new();
+    for entry in &subs.subs {
+        if let Target::Channel { tx, fastlane, .. } = &entry.sub.target {
+            let msg = channel::Msg::Shared(message.clone());
+            if to_channel(entry, tx, fastlane.as_ref(), msg, topic) == Delivery::Gone {
+                gone.push(entry.sub.id);
+            }
         }
     }
+    gone
 }
 
-/// Queues `msg` for a channel process. A channel that cannot keep up with its broadcasts is a
-/// slow consumer too: its connection is closed rather than waited for.
+/// Queues `msg` for a channel process, never waiting. A channel that cannot keep up is never
+/// left silently behind: on its own topic (`fastlane`) its connection is cut as a slow
+/// consumer, and the client rejoins; on an extra topic it gets one `Lag` marker (past the
+/// capacity check) and nothing more until it has handled it (`Channel::handle_lagged`).
 fn to_channel(
+    entry: &Entry,
     tx: &MailboxSender<channel::Msg>,
     fastlane: Option<&ConnHandle>,
     msg: channel::Msg,
     topic: &str,
-) {
-    if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
-        if let Some(conn) = fastlane {
-            conn.shared.close(CloseReason::SlowConsumer);
-        }
-        log::warn!("channel mailbox full on {topic}: message dropped");
+) -> Delivery {
+    if entry.lagged.load(Ordering::Acquire) {
+        return Delivery::Done;
     }
+    match tx.try_send(msg) {
+        Ok(()) => Delivery::Done,
+        Err(TrySendError::Disconnected(_)) => Delivery::Gone,
+        Err(TrySendError::Full(_)) => match fastlane {
+            Some(conn) => {
+                log::warn!("channel mailbox full on {topic}: disconnecting slow consumer");
+                conn.shared.close(CloseReason::SlowConsumer);
+                Delivery::Done
+            }
+            None => mark_lagged(entry, tx, topic),
+        },
+    }
+}
+
+fn mark_lagged(entry: &Entry, tx: &MailboxSender<channel::Msg>, topic: &str) -> Delivery {
+    log::warn!("channel mailbox full on {topic}: the channel is told it lagged");
+    entry.lagged.store(true, Ordering::Release);
+    let lag = Lag { topic: topic.to_string(), flag: entry.lagged.clone() };
+    if tx.force_send(channel::Msg::Lagged(lag)) { Delivery::Done } else { Delivery::Gone }
 }
 
 /// Lazily encoded broadcast frames, one per serializer (`Serializer.fastlane!/1`).
@@ -146,11 +238,6 @@ impl<'a> Fastlane<'a> {
 
     fn get(&mut self, vsn: Vsn) -> Option<Arc<[u8]>> {
         let b = self.broadcast;
-        self.frames[vsn.index()]
-            .get_or_insert_with(|| {
-                let out = Outgoing::broadcast(&b.topic, &b.event, &b.payload);
-                vsn.encode(&out).map(|e| Arc::from(e.into_frame()))
-            })
-            .clone()
+        self.frames[vsn.index()].get_or_insert_with(|| b.frame(vsn)).clone()
     }
 }

@@ -104,6 +104,8 @@ struct OutState {
     pending: VecDeque<Chunk>,
     offset: usize,
     pending_bytes: usize,
+    /// Length of the one queued frame bigger than the budget, or 0 (see `append`).
+    oversized: usize,
     /// A flusher thread owns writing; others append.
     draining: bool,
     /// The connection is in a writer's queue; the writer will send `pending`.
@@ -254,13 +256,24 @@ impl ConnShared {
     }
 
     /// Appends to `pending`, or cuts the connection if that would put the client more than
-    /// `max_pending_bytes` behind.
+    /// `max_pending_bytes` behind. One shared frame bigger than that budget (a big `hydrate`,
+    /// one `Arc` for every client it goes to, so it costs no memory per client) is not by
+    /// itself a sign of a slow client: it is taken when the rest of the queue is within budget
+    /// and does not count against the frames behind it, so the budget is `max_pending_bytes`
+    /// plus one such frame; a second one while the first is queued is over budget. An owned
+    /// frame (a reply) bigger than the budget still makes a slow consumer.
     fn append(&self, st: &mut OutState, chunk: Chunk) -> bool {
         let len = chunk.bytes().len();
-        if st.pending_bytes + len > self.limits.max_pending_bytes {
+        let max = self.limits.max_pending_bytes;
+        let big = len > max && matches!(chunk, Chunk::Shared(_));
+        let counted = st.pending_bytes.saturating_sub(st.oversized) + if big { 0 } else { len };
+        if counted > max || (big && st.oversized > 0) {
             log::warn!("conn {}: client too far behind, disconnecting slow consumer", self.id);
             self.cut_slow_consumer(st);
             return false;
+        }
+        if big {
+            st.oversized = len;
         }
         st.pending_bytes += len;
         st.pending.push_back(chunk);
@@ -373,16 +386,17 @@ impl ConnShared {
     }
 }
 
-/// Moves pending frames into `batch`, up to about `WRITE_BATCH_BYTES`.
+/// Moves up to `WRITE_BATCH_BYTES` more of the pending bytes into `batch`, splitting a frame
+/// if need be: a multi-megabyte frame (a big `hydrate`, shared by every client it goes to) must
+/// not be copied whole for each client that is behind.
 fn take_batch(st: &mut OutState, batch: &mut Vec<u8>) {
-    while let Some(chunk) = st.pending.pop_front() {
-        let bytes = &chunk.bytes()[st.offset..];
-        batch.extend_from_slice(bytes);
-        st.pending_bytes -= bytes.len();
-        st.offset = 0;
-        if batch.len() >= WRITE_BATCH_BYTES {
-            break;
-        }
+    let end = batch.len() + WRITE_BATCH_BYTES;
+    while batch.len() < end {
+        let Some(front) = st.pending.front() else { break };
+        let bytes = &front.bytes()[st.offset..];
+        let n = bytes.len().min(end - batch.len());
+        batch.extend_from_slice(&bytes[..n]);
+        advance(st, n);
     }
 }
 
@@ -422,7 +436,17 @@ fn advance(st: &mut OutState, mut n: usize) {
         }
         n -= left;
         st.offset = 0;
+        let len = front.bytes().len();
         st.pending.pop_front();
+        forget_oversized(st, len);
+    }
+}
+
+/// A frame of `len` bytes left the queue; if it was the oversized one, the budget is normal
+/// again (at most one is queued, and every other frame is smaller).
+fn forget_oversized(st: &mut OutState, len: usize) {
+    if len == st.oversized {
+        st.oversized = 0;
     }
 }
 

@@ -54,6 +54,8 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout` (and `lock_timeout`) of every pooled session.
     pub statement_timeout: Duration,
+    /// The REST API refuses creates beyond this many superheroes (422).
+    pub max_superheroes: usize,
 }
 
 impl StoreConfig {
@@ -65,6 +67,7 @@ impl StoreConfig {
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
+            max_superheroes: superheroes::MAX_ROWS,
         }
     }
 }
@@ -315,6 +318,15 @@ pub fn bootstrap(
     database_url: Option<&str>,
     data_dir: &Path,
 ) -> Result<(Store, Option<LocalCluster>), Error> {
+    bootstrap_with(database_url, data_dir, superheroes::MAX_ROWS)
+}
+
+/// `bootstrap` with a bound on the superheroes table other than the default.
+pub fn bootstrap_with(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    max_superheroes: usize,
+) -> Result<(Store, Option<LocalCluster>), Error> {
     let (url, cluster) = match database_url {
         Some(url) => (url.to_owned(), None),
         None => {
@@ -327,7 +339,7 @@ pub fn bootstrap(
             (cluster.url(LOCAL_DATABASE), Some(cluster))
         }
     };
-    let store = Store::connect(StoreConfig::new(url))?;
+    let store = Store::connect(StoreConfig { max_superheroes, ..StoreConfig::new(url) })?;
     let applied = migrate::run(&mut *store.client()?)?;
     log::info!("migrations applied: {applied:?}");
     let seeded = superheroes::seed_if_empty(&mut *store.client()?)?;

@@ -26,8 +26,13 @@ pub const LOCATION_MAX: usize = 100;
 /// Maximum length of `power`, in characters. With the other limits a NOTIFY payload stays
 /// below ~3 KB even if every character is escaped, well under Postgres' 8000-byte limit.
 pub const POWER_MAX: usize = 200;
-/// `list` returns at most this many rows, so one request cannot load an unbounded table.
-pub const LIST_LIMIT: i64 = 10_000;
+/// Default bound on the table (`StoreConfig::max_superheroes`, `--max-superheroes`): creates
+/// beyond it are refused with 422, so `list`, the lobby's `hydrate` and the REST index always
+/// carry the whole table and never truncate it.
+pub const MAX_ROWS: usize = 10_000;
+/// Key of the advisory lock that serialises bounded creates, so that concurrent creates cannot
+/// both see room for one more row.
+const CREATE_LOCK: i64 = 0x7068_785f_6d61_7872; // "phx_maxr"
 
 /// One row. Serialized with timestamps in RFC 3339 with microseconds and `Z`.
 ///
@@ -100,16 +105,13 @@ pub fn validate(params: &SuperheroParams, mode: Mode) -> Result<(), FieldErrors>
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
-/// All rows ordered by id (at most `LIST_LIMIT`).
+/// All rows ordered by id. Not truncated: the table itself is bounded (`create_bounded`).
 ///
 /// # Errors
 /// `is_unavailable()` if the connection fails.
 pub fn list(c: &mut impl GenericClient) -> Result<Vec<Superhero>, Error> {
-    let sql = format!("SELECT {COLUMNS} FROM superheroes ORDER BY id LIMIT $1");
-    let rows = c.query(&sql, &[&LIST_LIMIT])?;
-    if rows.len() as i64 == LIST_LIMIT {
-        log::warn!("superheroes::list hit its limit of {LIST_LIMIT} rows");
-    }
+    let sql = format!("SELECT {COLUMNS} FROM superheroes ORDER BY id");
+    let rows = c.query(&sql, &[])?;
     rows.iter().map(from_row).collect()
 }
 
@@ -139,6 +141,30 @@ pub fn create(c: &mut impl GenericClient, params: &SuperheroParams) -> Result<Su
     let row = tx.query_one(&sql, &[&params.name, &params.location, &params.power])?;
     let hero = from_row(&row)?;
     notify(&mut tx, Action::Create, &hero)?;
+    tx.commit()?;
+    Ok(hero)
+}
+
+/// `create`, refused while the table holds `max_rows` rows or more. Bounded creates take one
+/// advisory lock for the count and the insert, so together they never pass the bound.
+///
+/// # Errors
+/// `field_errors()` (`superheroes: ["limit of N reached"]`) when the table is full; as `create`.
+pub fn create_bounded(
+    c: &mut impl GenericClient,
+    params: &SuperheroParams,
+    max_rows: usize,
+) -> Result<Superhero, Error> {
+    validate(params, Mode::Create).map_err(Error::invalid)?;
+    let mut tx = c.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])?;
+    let count: i64 = tx.query_one("SELECT count(*) FROM superheroes", &[])?.get(0);
+    if count as usize >= max_rows {
+        let mut errors = FieldErrors::default();
+        errors.add("superheroes", format!("limit of {max_rows} reached; delete some first"));
+        return Err(Error::invalid(errors));
+    }
+    let hero = create(&mut tx, params)?;
     tx.commit()?;
     Ok(hero)
 }

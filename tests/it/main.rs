@@ -29,3 +29,5 @@ mod http_hardening;
 mod store;
 // superheroes:lobby with the database, the listener and real clients.
 mod superheroes;
+// Issue #11: no silent drops in PubSub and the lobby, bounded waits, the shared lobby table.
+mod lobby;

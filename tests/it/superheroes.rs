@@ -8,13 +8,13 @@ use serde_json::{Value, json};
 
 use crate::support::pg::TestDb;
 use crate::support::{TestServer, WsClient, test_config};
-use phx_threads::app::{self, superheroes_channel};
+use phx_threads::app::{self, lobby::Lobby, superheroes_channel};
 use phx_threads::server;
 use phx_threads::store::listener::spawn_listener;
 use phx_threads::store::superheroes::{self, SuperheroParams};
 
 /// The seed's React logic, as a fold over pushes.
-fn apply(state: &mut BTreeMap<i64, Value>, msg: &Value) {
+pub(crate) fn apply(state: &mut BTreeMap<i64, Value>, msg: &Value) {
     let payload = &msg[4];
     match msg[3].as_str().unwrap() {
         "hydrate" => {
@@ -38,11 +38,12 @@ fn apply(state: &mut BTreeMap<i64, Value>, msg: &Value) {
 fn fifty_concurrent_updates_leave_every_client_with_the_database_rows() {
     let db = TestDb::new();
     let store = db.store();
+    let lobby = Lobby::new(store.clone());
     let server =
-        TestServer::with(test_config(), app::router(Some(store.clone())), server::accept_all());
+        TestServer::with(test_config(), app::router(Some(lobby.clone())), server::accept_all());
     let pubsub = server.handle().pubsub();
     let _listener = spawn_listener(&store.config().url, move |e| {
-        superheroes_channel::publish_store_event(&pubsub, e)
+        superheroes_channel::publish_store_event(&lobby, &pubsub, e)
     })
     .unwrap();
     let params = |name: &str| SuperheroParams {
@@ -99,4 +100,38 @@ fn fifty_concurrent_updates_leave_every_client_with_the_database_rows() {
         }
         assert_eq!(*state, expected);
     }
+}
+
+/// Inserts `n` rows in one statement (no change events: nobody listens in these tests).
+pub(crate) fn insert_rows(store: &phx_threads::store::Store, n: i64, name: &str, power: &str) {
+    let sql = "INSERT INTO superheroes (name, location, power)
+               SELECT $1 || ' ' || i, $1, $2 FROM generate_series(1, $3::bigint) AS i";
+    store.client().unwrap().execute(sql, &[&name, &power, &n]).unwrap();
+}
+
+#[test]
+fn the_table_is_bounded_with_a_422_and_the_index_never_truncates() {
+    use crate::support::http::TestServer as HttpServer;
+    use phx_threads::store::{Store, StoreConfig};
+    let db = TestDb::new();
+    let max = 10_005;
+    let store =
+        Store::connect(StoreConfig { max_superheroes: max, ..StoreConfig::new(&db.url) }).unwrap();
+    insert_rows(&store, max as i64, "Bulk", "P");
+    let http = HttpServer::start(Some(store));
+
+    // Before: 10,000 rows, and nothing said the other five were missing.
+    let index = http.get("/api/superheroes");
+    assert_eq!(index.status, 200);
+    assert_eq!(index.json()["data"].as_array().unwrap().len(), max);
+
+    let body = json!({"superhero": {"name": "One more", "location": "L", "power": "P"}});
+    let refused = http.send("POST", "/api/superheroes", &body.to_string());
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let errors = &refused.json()["errors"]["superheroes"];
+    assert_eq!(errors[0], format!("limit of {max} reached; delete some first"), "{errors}");
+
+    let last = index.json()["data"][max - 1]["id"].clone();
+    assert_eq!(http.send("DELETE", &format!("/api/superheroes/{last}"), "").status, 204);
+    assert_eq!(http.send("POST", "/api/superheroes", &body.to_string()).status, 201);
 }

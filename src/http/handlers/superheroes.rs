@@ -27,7 +27,8 @@ pub fn create(request: &ApiRequest, ctx: &Ctx, _: &[String]) -> Result<ApiRespon
     let attrs = superhero_attrs(request)?;
     let params =
         superheroes::cast(&attrs, Mode::Create).map_err(|e| ApiError::unprocessable(&e))?;
-    let hero = superheroes::create(&mut *client(ctx)?, &params)?;
+    let max = ctx.store.as_ref().map_or(superheroes::MAX_ROWS, |s| s.config().max_superheroes);
+    let hero = superheroes::create_bounded(&mut *client(ctx)?, &params, max)?;
     let location = format!("/api/superheroes/{}", hero.id);
     Ok(ApiResponse::json(201, &Data { data: hero }).with_header("Location", location))
 }
