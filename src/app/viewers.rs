@@ -48,6 +48,12 @@ impl<C: Channel> Channel for Viewed<C> {
         self.inner.handle_info(info, ctx)
     }
 
+    // Every trait method is forwarded: a default here would silently replace the lobby's own
+    // (its catch-up on lag is what keeps a slow client's table exact).
+    fn handle_lagged(&mut self, topic: &str, ctx: &mut ChannelCtx) -> Flow {
+        self.inner.handle_lagged(topic, ctx)
+    }
+
     fn terminate(&mut self, reason: &StopReason, ctx: &mut ChannelCtx) {
         self.inner.terminate(reason, ctx)
     }
