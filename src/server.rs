@@ -267,13 +267,11 @@ impl ServerHandle {
         // Connection threads are detached (see `admit`); each drops its guard as its last act.
         let connections_closed = self.connections.wait_empty(deadline);
         // Every channel has ended, so every exit notice is queued: the tracker may go.
-        if let Some(presence) = self.presence.take() {
-            presence.stop();
-        }
+        let tracker_stopped = self.presence.take().is_none_or(TrackerProcess::stop);
         // The writers only finish non-blocking sends; they get a moment even when the
         // connections used up the deadline.
         let writers_stopped = self.writers.stop(deadline.max(Instant::now() + WRITER_GRACE));
-        let clean = acceptor_stopped && connections_closed && writers_stopped;
+        let clean = acceptor_stopped && connections_closed && tracker_stopped && writers_stopped;
         if let Some(pubsub) = self.pubsub.take() {
             pubsub.stop();
         }

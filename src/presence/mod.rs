@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
@@ -97,13 +97,30 @@ pub(crate) struct TrackerProcess {
     presence: Presence,
     thread: JoinHandle<()>,
     tx: Sender<Msg>,
+    /// Disconnected when the tracker thread ends (it holds the sender), so `stop` can wait
+    /// for it with a deadline.
+    done: Receiver<()>,
 }
 
+/// How long the server waits for the tracker to end (after its queued exit notices).
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl TrackerProcess {
-    pub(crate) fn stop(self) {
+    /// Stops the tracker after what is queued; false (the thread is left detached, and
+    /// reported) if it has not ended within `STOP_TIMEOUT`.
+    pub(crate) fn stop(self) -> bool {
         let _ = self.tx.send(Msg::Stop);
-        let _ = self.thread.join();
         *self.presence.inner.lock() = None;
+        let ended = matches!(
+            self.done.recv_timeout(STOP_TIMEOUT),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
+        if ended {
+            let _ = self.thread.join();
+        } else {
+            log::error!("presence tracker did not stop within {STOP_TIMEOUT:?}; left running");
+        }
+        ended
     }
 }
 
@@ -153,12 +170,15 @@ impl Presence {
         let state = State::new(replica_id().into(), limits);
         let tracker = Tracker::new(state, (config.window, config.max_window), pubsub);
         let (tx, rx) = unbounded();
-        let thread =
-            process::spawn("presence".into(), 256 * 1024, move || tracker::run(tracker, rx))?;
+        let (alive, done) = bounded::<()>(0);
+        let thread = process::spawn("presence".into(), 256 * 1024, move || {
+            tracker::run(tracker, rx);
+            drop(alive);
+        })?;
         let running =
             Running { tx: tx.clone(), capacity: config.mailbox, call_timeout: config.call_timeout };
         *self.inner.lock() = Some(running);
-        Ok(TrackerProcess { presence: self.clone(), thread, tx })
+        Ok(TrackerProcess { presence: self.clone(), thread, tx, done })
     }
 
     /// Tracks `key` with `meta` (a JSON object) on the channel's topic, for as long as the
