@@ -332,6 +332,18 @@ fn malformed_requests_get_json_errors_and_the_connection_closes() {
     }
 }
 
+/// Regression: schemathesis sends QUERY (the IETF's safe method with a body) and expects 405,
+/// not a 5xx, for a method the route does not take.
+#[test]
+fn query_is_a_known_method_that_routes_answer_with_405() {
+    let server = server_with(HttpConfig::default());
+    let mut stream = connect(server.addr, ANSWER_WITHIN);
+    stream.write_all(b"QUERY /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let response = crate::support::http::read_response(&mut stream, false);
+    assert_eq!(response.status, 405);
+    let _: Value = response.json();
+}
+
 #[test]
 fn an_expectation_other_than_100_continue_is_417_and_100_continue_works() {
     let server = server_with(HttpConfig::default());
