@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod logger;
+pub mod metrics;
 pub mod process;
 pub mod protocol;
 

@@ -31,3 +31,5 @@ mod store;
 mod superheroes;
 // Issue #11: no silent drops in PubSub and the lobby, bounded waits, the shared lobby table.
 mod lobby;
+// Issue #15: GET /metrics moves with connections, joins, broadcasts and REST calls.
+mod metrics;
