@@ -12,6 +12,7 @@
 //! (`room:*`), never with the client's topic.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -87,6 +88,10 @@ pub struct Metrics {
     pub resident_bytes: Gauge,
     pub open_fds: Gauge,
     started: Instant,
+    /// Totals across labels, for the dashboard's snapshot (`app::admin_channel`).
+    open_connections: AtomicI64,
+    open_channels: AtomicI64,
+    http_total: AtomicU64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -127,6 +132,9 @@ impl Metrics {
             resident_bytes: Gauge::default(),
             open_fds: Gauge::default(),
             started: Instant::now(),
+            open_connections: AtomicI64::new(0),
+            open_channels: AtomicI64::new(0),
+            http_total: AtomicU64::new(0),
         };
         m.register()
     }
@@ -166,6 +174,21 @@ impl Metrics {
     /// Seconds since the metrics were first used (about the process's start).
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Open connections of every transport.
+    pub fn open_connections(&self) -> i64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Joined channels of every pattern.
+    pub fn open_channels(&self) -> i64 {
+        self.open_channels.load(Ordering::Relaxed)
+    }
+
+    /// REST requests answered.
+    pub fn http_total(&self) -> u64 {
+        self.http_total.load(Ordering::Relaxed)
     }
 }
 
@@ -207,12 +230,14 @@ pub fn connection(transport: &'static str) -> ConnectionGuard {
     let label = TransportLabel { transport };
     get().connects.get_or_create(&label).inc();
     get().connections.get_or_create(&label).inc();
+    get().open_connections.fetch_add(1, Ordering::Relaxed);
     ConnectionGuard(transport)
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         get().connections.get_or_create(&TransportLabel { transport: self.0 }).dec();
+        get().open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -223,12 +248,14 @@ pub fn channel_joined(topic: &str) -> ChannelGuard {
     let label = PatternLabel { pattern: pattern_of(topic) };
     get().joins.get_or_create(&label).inc();
     get().channels.get_or_create(&label).inc();
+    get().open_channels.fetch_add(1, Ordering::Relaxed);
     ChannelGuard(label)
 }
 
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
         get().channels.get_or_create(&self.0).dec();
+        get().open_channels.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -307,6 +334,7 @@ pub fn listener_reconnect() {
 pub fn http_request(method: &str, route: &'static str, status: u16, elapsed: Duration) {
     let method = static_method(method);
     get().http_requests.get_or_create(&RouteLabel { method, route, status }).inc();
+    get().http_total.fetch_add(1, Ordering::Relaxed);
     let timing = RouteTimeLabel { method, route };
     get().http_duration.get_or_create(&timing).observe(elapsed.as_secs_f64());
 }
@@ -333,8 +361,12 @@ pub fn pool_checkout<T>(
         slot
     });
     match &slot {
-        Ok(_) => drop(m.pool_in_use.inc()),
-        Err(_) => drop(m.pool_timeouts.inc()),
+        Ok(_) => {
+            m.pool_in_use.inc();
+        }
+        Err(_) => {
+            m.pool_timeouts.inc();
+        }
     }
     slot
 }

@@ -84,6 +84,7 @@ struct Leave {
 }
 
 /// How the read loop ended.
+#[derive(Debug)]
 enum End {
     /// The client closed the WebSocket or the TCP stream.
     ClientClosed,
@@ -620,6 +621,7 @@ impl Socket {
             joined.control.force_send(channel::Msg::Stop(stop));
             self.retired.insert(joined.id, joined.thread);
         }
+        crate::logger::conn_closed(self.conn.shared.id, format_args!("{end:?}"));
         self.close_websocket(ws, end);
         self.conn.shared.shutdown_tcp();
         let deadline = Instant::now() + self.endpoint.config.shutdown_timeout / 2;
