@@ -62,9 +62,8 @@ impl Check {
 pub fn assess(l: &Limits, max_connections: u64) -> Vec<Check> {
     let n = max_connections;
     let threads = n * THREADS_PER_CONN + BASE_THREADS;
-    let per_conn = |limit: Option<u64>, base: u64, per: u64| {
-        limit.map(|v| v.saturating_sub(base) / per)
-    };
+    let per_conn =
+        |limit: Option<u64>, base: u64, per: u64| limit.map(|v| v.saturating_sub(base) / per);
     let maps = threads * MAPS_PER_THREAD + BASE_MAPS;
     let bytes = n * BYTES_PER_CONN + BASE_BYTES;
     let sysctl = |key: &str, v: u64| {
@@ -171,11 +170,13 @@ pub fn report(checks: &[Check], max_connections: u64) -> String {
          {MAPS_PER_THREAD} mappings per thread, ~{} KiB of memory)\n",
         BYTES_PER_CONN / 1024
     );
-    let _ = writeln!(out, "{:<28} {:>14} {:>12} {:>12}  status", "limit", "value", "needed", "allows");
+    let _ =
+        writeln!(out, "{:<28} {:>14} {:>12} {:>12}  status", "limit", "value", "needed", "allows");
     for c in checks {
         let allows = c.allows.map_or("no bound".to_owned(), |a| a.to_string());
         let status = if c.ok(max_connections) { "ok" } else { "TOO LOW" };
-        let _ = writeln!(out, "{:<28} {:>14} {:>12} {allows:>12}  {status}", c.name, c.value, c.needed);
+        let _ =
+            writeln!(out, "{:<28} {:>14} {:>12} {allows:>12}  {status}", c.name, c.value, c.needed);
     }
     out.push('\n');
     match first_bound(checks) {

@@ -33,3 +33,5 @@ mod superheroes;
 mod lobby;
 // Issue #15: GET /metrics moves with connections, joins, broadcasts and REST calls.
 mod metrics;
+// Issue #15: the doctor on this machine, JSON logs, the admin:stats channel.
+mod ops;
