@@ -92,8 +92,12 @@ fn serve(args: Args) -> Result<(), String> {
     };
     let http = http::start(http_config, HttpDeps { store })
         .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
-    println!("phx-threads listening ws={} http={}", ws.ws_addr(), http.addr);
-    println!("open http://{}/", http.addr);
+    // Not println!: with stdout closed (a reader that went away) it would panic the server.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "phx-threads listening ws={} http={}", ws.ws_addr(), http.addr);
+    let _ = writeln!(out, "open http://{}/", http.addr);
+    drop(out);
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
     }

@@ -48,6 +48,8 @@ struct Served {
     lines: Receiver<String>,
     ws: std::net::SocketAddr,
     http: std::net::SocketAddr,
+    /// Kept open: the binary prints a second line, and a closed pipe would make it panic.
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 fn serve(extra: &[&str]) -> Served {
@@ -73,7 +75,7 @@ fn serve(extra: &[&str]) -> Served {
         let start = ready.find(key).unwrap_or_else(|| panic!("no {key} in {ready:?}")) + key.len();
         ready[start..].split_whitespace().next().unwrap().parse().unwrap()
     };
-    Served { ws: field("ws="), http: field("http="), child, lines }
+    Served { ws: field("ws="), http: field("http="), child, lines, _stdout: stdout }
 }
 
 /// Stderr lines until one satisfies `pred` (returned last), within `WAIT`.
@@ -175,4 +177,36 @@ fn admin_stats_is_for_loopback_or_the_token_and_pushes_snapshots() {
     assert!(stats[4]["threads"].as_i64().unwrap() > 4, "{stats}");
     assert!(stats[4]["rss_bytes"].as_i64().unwrap() > 1 << 20, "{stats}");
     assert!(!history.lock().is_empty(), "the ticker keeps its history");
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// deploy/phx-threads.env is where an operator configures the service: every variable of
+/// `--help` must be there (an option added without it fails here).
+#[test]
+fn the_deploy_environment_file_names_every_variable_of_help() {
+    let env = repo_file("deploy/phx-threads.env");
+    let help = phx_threads::cli::HELP;
+    let vars = help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    let vars: Vec<&str> = vars.filter(|w| w.starts_with("PHX_") || *w == "DATABASE_URL").collect();
+    assert!(vars.len() > 20, "{vars:?}");
+    for var in vars {
+        assert!(env.contains(&format!("{var}=")), "{var} is not in deploy/phx-threads.env");
+    }
+}
+
+/// systemd must not SIGKILL the drain: the stop timeout outlasts the WebSocket shutdown
+/// and the REST workers' bound together.
+#[test]
+fn the_unit_waits_longer_than_the_drain() {
+    let unit = repo_file("deploy/phx-threads.service");
+    let line = unit.lines().find(|l| l.starts_with("TimeoutStopSec=")).unwrap();
+    let stop: u64 = line["TimeoutStopSec=".len()..].trim().parse().unwrap();
+    let drain = phx_threads::Config::default().shutdown_timeout.as_secs() + 15 + 1;
+    assert!(stop > drain, "TimeoutStopSec={stop} vs a drain of up to {drain} s");
+    for key in ["LimitNOFILE=", "TasksMax=infinity", "Restart=on-failure", "KillSignal=SIGTERM"] {
+        assert!(unit.lines().any(|l| l.starts_with(key)), "{key} missing");
+    }
 }
