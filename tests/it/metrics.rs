@@ -107,3 +107,26 @@ fn rest_requests_are_counted_by_route_pattern_and_status() {
     assert!(sample(&text, "phx_open_fds") >= 1.0);
     assert!(text.trim_end().ends_with("# EOF"), "a complete exposition");
 }
+
+#[test]
+fn postgres_pool_use_waits_and_timeouts_are_counted() {
+    use phx_threads::store::{Store, StoreConfig};
+    let db = crate::support::pg::TestDb::new();
+    let config = StoreConfig {
+        pool_size: 1,
+        checkout_timeout: std::time::Duration::from_millis(100),
+        ..StoreConfig::new(&db.url)
+    };
+    let store = Store::connect(config).unwrap();
+    let http = HttpServer::start(None);
+    let before = scrape(&http);
+    let held = store.client().unwrap();
+    moves(&http, "phx_pg_pool_in_use", &before, 1.0);
+    assert!(store.client().is_err(), "the one connection is taken");
+    moves(&http, "phx_pg_pool_waits_total", &before, 1.0);
+    moves(&http, "phx_pg_pool_timeouts_total", &before, 1.0);
+    moves(&http, "phx_pg_pool_wait_seconds_count", &before, 1.0);
+    drop(held);
+    let now = sample(&scrape(&http), "phx_pg_pool_in_use");
+    assert_eq!(now, sample(&before, "phx_pg_pool_in_use"), "the connection went back");
+}
