@@ -58,100 +58,92 @@ impl Check {
     }
 }
 
+/// What `max_connections` joined connections need, in each limit's unit.
+struct Need {
+    fds: u64,
+    threads: u64,
+    maps: u64,
+    bytes: u64,
+}
+
+fn need(n: u64) -> Need {
+    let threads = n * THREADS_PER_CONN + BASE_THREADS;
+    let maps = threads * MAPS_PER_THREAD + BASE_MAPS;
+    Need { fds: n + BASE_FDS, threads, maps, bytes: n * BYTES_PER_CONN + BASE_BYTES }
+}
+
+/// One limit: `base` of it goes to the process itself, `per` to each connection.
+fn check(name: &'static str, value: String, limit: Option<u64>, cost: (u64, u64)) -> Check {
+    let (base, per) = cost;
+    let allows = limit.map(|v| v.saturating_sub(base) / per);
+    Check { name, value, allows, needed: 0, fix: Vec::new() }
+}
+
+impl Check {
+    fn needs(mut self, needed: u64, fix: Vec<String>) -> Check {
+        self.needed = needed;
+        self.fix = fix;
+        self
+    }
+}
+
+fn sysctl(key: &str, v: u64) -> Vec<String> {
+    vec![
+        format!("sysctl -w {key}={v}"),
+        format!("echo '{key} = {v}' >> /etc/sysctl.d/90-phx-threads.conf"),
+    ]
+}
+
+fn unit_line(line: String) -> String {
+    format!("{line}    # systemd unit, [Service]")
+}
+
 /// Every limit, checked against `max_connections`.
 pub fn assess(l: &Limits, max_connections: u64) -> Vec<Check> {
-    let n = max_connections;
-    let threads = n * THREADS_PER_CONN + BASE_THREADS;
-    let per_conn =
-        |limit: Option<u64>, base: u64, per: u64| limit.map(|v| v.saturating_sub(base) / per);
-    let maps = threads * MAPS_PER_THREAD + BASE_MAPS;
-    let bytes = n * BYTES_PER_CONN + BASE_BYTES;
-    let sysctl = |key: &str, v: u64| {
-        vec![
-            format!("sysctl -w {key}={v}"),
-            format!("echo '{key} = {v}' >> /etc/sysctl.d/90-phx-threads.conf"),
-        ]
-    };
-    let fds = n + BASE_FDS;
+    let n = need(max_connections);
+    let (files, threads) = ((BASE_FDS, 1), (BASE_THREADS, THREADS_PER_CONN));
+    let maps = (BASE_MAPS, THREADS_PER_CONN * MAPS_PER_THREAD);
+    let memory = (BASE_BYTES, BYTES_PER_CONN);
+    let nofile = unit_line(format!("LimitNOFILE={}", n.fds));
     vec![
-        Check {
-            name: "open files (soft)",
-            value: shown(l.nofile_soft),
-            allows: per_conn(l.nofile_soft, BASE_FDS, 1),
-            needed: fds,
-            fix: vec![
-                format!("ulimit -n {fds}    # in the shell that starts phx-threads"),
-                format!("LimitNOFILE={fds}    # systemd unit, [Service]"),
+        check("open files (soft)", shown(l.nofile_soft), l.nofile_soft, files).needs(
+            n.fds,
+            vec![
+                format!("ulimit -n {}    # in the shell that starts phx-threads", n.fds),
+                nofile.clone(),
             ],
-        },
-        Check {
-            name: "open files (hard)",
-            value: shown(l.nofile_hard),
-            allows: per_conn(l.nofile_hard, BASE_FDS, 1),
-            needed: fds,
-            fix: vec![
-                format!("echo '* hard nofile {fds}' >> /etc/security/limits.conf"),
-                format!("LimitNOFILE={fds}    # systemd unit, [Service]"),
-            ],
-        },
-        Check {
-            name: "user processes (ulimit -u)",
-            value: shown(l.nproc_soft),
-            allows: per_conn(l.nproc_soft, BASE_THREADS, THREADS_PER_CONN),
-            needed: threads,
-            fix: vec![
-                "ulimit -u unlimited".into(),
-                "LimitNPROC=infinity    # systemd unit, [Service]".into(),
-            ],
-        },
-        Check {
-            name: "kernel.threads-max",
-            value: shown(l.threads_max),
-            allows: per_conn(l.threads_max, BASE_THREADS, THREADS_PER_CONN),
-            needed: threads,
-            fix: sysctl("kernel.threads-max", threads.max(4_194_304)),
-        },
-        Check {
-            name: "kernel.pid_max",
-            value: shown(l.pid_max),
-            allows: per_conn(l.pid_max, BASE_THREADS, THREADS_PER_CONN),
-            needed: threads,
-            fix: sysctl("kernel.pid_max", 4_194_304), // the kernel's maximum
-        },
-        Check {
-            name: "vm.max_map_count",
-            value: shown(l.max_map_count),
-            allows: per_conn(l.max_map_count, BASE_MAPS, THREADS_PER_CONN * MAPS_PER_THREAD),
-            needed: maps,
-            fix: sysctl("vm.max_map_count", maps.max(1_048_576)),
-        },
-        Check {
-            name: "cgroup pids.max",
-            value: shown(l.cgroup_pids_max),
-            allows: per_conn(l.cgroup_pids_max, BASE_THREADS, THREADS_PER_CONN),
-            needed: threads,
-            fix: vec![
-                "TasksMax=infinity    # systemd unit, [Service]".into(),
+        ),
+        check("open files (hard)", shown(l.nofile_hard), l.nofile_hard, files).needs(
+            n.fds,
+            vec![format!("echo '* hard nofile {}' >> /etc/security/limits.conf", n.fds), nofile],
+        ),
+        check("user processes (ulimit -u)", shown(l.nproc_soft), l.nproc_soft, threads).needs(
+            n.threads,
+            vec!["ulimit -u unlimited".into(), unit_line("LimitNPROC=infinity".into())],
+        ),
+        check("kernel.threads-max", shown(l.threads_max), l.threads_max, threads)
+            .needs(n.threads, sysctl("kernel.threads-max", n.threads.max(4_194_304))),
+        // 4,194,304 is the kernel's maximum pid_max.
+        check("kernel.pid_max", shown(l.pid_max), l.pid_max, threads)
+            .needs(n.threads, sysctl("kernel.pid_max", 4_194_304)),
+        check("vm.max_map_count", shown(l.max_map_count), l.max_map_count, maps)
+            .needs(n.maps, sysctl("vm.max_map_count", n.maps.max(1_048_576))),
+        check("cgroup pids.max", shown(l.cgroup_pids_max), l.cgroup_pids_max, threads).needs(
+            n.threads,
+            vec![
+                unit_line("TasksMax=infinity".into()),
                 "systemctl set-property phx-threads.service TasksMax=infinity".into(),
             ],
-        },
-        Check {
-            name: "cgroup memory.max",
-            value: shown_bytes(l.cgroup_memory_max),
-            allows: per_conn(l.cgroup_memory_max, BASE_BYTES, BYTES_PER_CONN),
-            needed: bytes,
-            fix: vec![format!("MemoryMax={}M    # systemd unit, [Service]", bytes >> 20)],
-        },
-        Check {
-            name: "available memory",
-            value: shown_bytes(l.mem_available),
-            allows: per_conn(l.mem_available, BASE_BYTES, BYTES_PER_CONN),
-            needed: bytes,
-            fix: vec![format!(
+        ),
+        check("cgroup memory.max", shown_bytes(l.cgroup_memory_max), l.cgroup_memory_max, memory)
+            .needs(n.bytes, vec![unit_line(format!("MemoryMax={}M", n.bytes >> 20))]),
+        check("available memory", shown_bytes(l.mem_available), l.mem_available, memory).needs(
+            n.bytes,
+            vec![format!(
                 "# add RAM (about {} MiB needed), or lower --max-connections",
-                bytes >> 20
+                n.bytes >> 20
             )],
-        },
+        ),
     ]
 }
 
