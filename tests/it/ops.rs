@@ -210,3 +210,17 @@ fn the_unit_waits_longer_than_the_drain() {
         assert!(unit.lines().any(|l| l.starts_with(key)), "{key} missing");
     }
 }
+
+#[test]
+fn serve_warns_at_start_when_max_connections_cannot_be_reached() {
+    // 100 million connections: more than any limit of this machine allows.
+    let mut served = serve(&["--max-connections", "100000000", "--log-format", "json"]);
+    let seen = lines_until(&served.lines, |l| l.contains("cannot be reached"));
+    let warning: Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    assert_eq!(warning["level"], "WARN");
+    let msg = warning["msg"].as_str().unwrap();
+    assert!(msg.starts_with("--max-connections 100000000 cannot be reached: "), "{msg}");
+    assert!(msg.contains("phx-threads doctor"), "{msg}");
+    let _ = served.child.kill();
+    let _ = served.child.wait();
+}
