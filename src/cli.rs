@@ -14,6 +14,8 @@ phx-threads: a Phoenix Channels server on OS threads
 USAGE:
     phx-threads [serve] [OPTIONS]     run the server (default)
     phx-threads migrate [OPTIONS]     apply database migrations and exit
+    phx-threads doctor [OPTIONS]      print the OS limits that bound --max-connections, which
+                                      one stops it first, and how to raise it
 
 OPTIONS (environment variable in brackets):
     --ws-addr ADDR            WebSocket listener [PHX_WS_ADDR, default 127.0.0.1:4080]
@@ -48,6 +50,13 @@ OPTIONS (environment variable in brackets):
     --presence-max-per-topic N    [PHX_PRESENCE_MAX_PER_TOPIC, default 100000]
     --max-superheroes N       creates beyond N rows get 422 [PHX_MAX_SUPERHEROES,
                               default 10000]
+    --log-format FORMAT       text or json (one object per line) [PHX_LOG_FORMAT,
+                              default text]
+    --log-closes LEVEL        level of the one-line summary per closed connection
+                              [PHX_LOG_CLOSES, default debug]
+    --admin-token TOKEN       lets a client join admin:stats (the /dashboard) with the
+                              connect param admin_token; without it only loopback clients
+                              not behind a proxy may [PHX_ADMIN_TOKEN]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -56,6 +65,7 @@ Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
 pub enum Command {
     Serve,
     Migrate,
+    Doctor,
     Help,
 }
 
@@ -75,6 +85,10 @@ pub struct Args {
     pub http_body_timeout: Duration,
     /// Bound on the superheroes table (`store::StoreConfig::max_superheroes`).
     pub max_superheroes: usize,
+    // Operations (issue #15): log format, close-summary level, dashboard token.
+    pub log_format: crate::logger::Format,
+    pub log_closes: log::Level,
+    pub admin_token: Option<String>,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -91,6 +105,10 @@ pub fn parse(
         Some("migrate") => {
             argv.next();
             args.command = Command::Migrate;
+        }
+        Some("doctor") => {
+            argv.next();
+            args.command = Command::Doctor;
         }
         _ => {}
     }
@@ -123,6 +141,9 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         http_head_timeout: HttpConfig::default().head_timeout,
         http_body_timeout: HttpConfig::default().body_timeout,
         max_superheroes: crate::store::superheroes::MAX_ROWS,
+        log_format: crate::logger::Format::Text,
+        log_closes: log::Level::Debug,
+        admin_token: None,
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -146,6 +167,9 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
         ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
         ("PHX_MAX_SUPERHEROES", "--max-superheroes"),
+        ("PHX_LOG_FORMAT", "--log-format"),
+        ("PHX_LOG_CLOSES", "--log-closes"),
+        ("PHX_ADMIN_TOKEN", "--admin-token"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -189,7 +213,20 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--presence-max-meta-bytes" => args.ws.presence.max_meta_bytes = number()?,
         "--presence-max-metas-per-key" => args.ws.presence.max_metas_per_key = number()?,
         "--presence-max-per-topic" => args.ws.presence.max_per_topic = number()?,
+        "--log-format" | "--log-closes" | "--admin-token" => apply_ops(args, flag, value)?,
         _ => return Err(format!("unknown option {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+/// The operations options (issue #15).
+fn apply_ops(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
+    match flag {
+        "--log-format" => args.log_format = value.parse().map_err(|e| format!("{flag}: {e}"))?,
+        "--log-closes" => {
+            args.log_closes = value.parse().map_err(|_| format!("{flag}: not a level: {value}"))?
+        }
+        _ => args.admin_token = Some(value.to_string()).filter(|t| !t.is_empty()),
     }
     Ok(())
 }
@@ -254,5 +291,21 @@ mod tests {
         assert_eq!(args.http_head_timeout, Duration::from_millis(1500));
         assert_eq!(args.http_body_timeout, Duration::from_millis(2500));
         assert_eq!(parse_with(&[], &[]).unwrap().http_max_connections, 1024);
+    }
+
+    #[test]
+    fn operations_options() {
+        let args = parse_with(
+            &["doctor", "--log-format", "json", "--max-connections", "5"],
+            &[("PHX_LOG_CLOSES", "info"), ("PHX_ADMIN_TOKEN", "s3cret")],
+        )
+        .unwrap();
+        assert_eq!(args.command, Command::Doctor);
+        assert_eq!(args.log_format, crate::logger::Format::Json);
+        assert_eq!(args.log_closes, log::Level::Info);
+        assert_eq!(args.admin_token.as_deref(), Some("s3cret"));
+        let bad = parse_with(&["--log-format", "xml"], &[]).unwrap_err();
+        assert_eq!(bad, "--log-format: not a log format: xml (text or json)");
+        assert!(parse_with(&["--log-closes", "loud"], &[]).is_err());
     }
 }

@@ -7,7 +7,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod logger;
+pub mod metrics;
 pub mod process;
 pub mod protocol;
 

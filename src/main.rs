@@ -4,11 +4,11 @@
 
 use std::process::ExitCode;
 
-use phx_threads::app::{self, lobby::Lobby, superheroes_channel};
+use phx_threads::app::{self, admin_channel, lobby::Lobby, superheroes_channel};
 use phx_threads::cli::{self, Args, Command};
 use phx_threads::http::{self, HttpConfig, HttpDeps};
 use phx_threads::store::{self, Store, cluster::LocalCluster, listener};
-use phx_threads::{logger, server};
+use phx_threads::{doctor, logger, server};
 
 fn main() -> ExitCode {
     logger::init();
@@ -19,12 +19,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    logger::set_format(args.log_format);
+    logger::set_close_level(args.log_closes);
     let result = match args.command {
         Command::Help => {
             println!("{}", cli::HELP);
             Ok(())
         }
         Command::Migrate => database(&args).map(|_| ()),
+        Command::Doctor => {
+            let checks = doctor::assess(&doctor::Limits::read(), args.ws.max_connections as u64);
+            print!("{}", doctor::report(&checks, args.ws.max_connections as u64));
+            Ok(())
+        }
         Command::Serve => serve(args),
     };
     match result {
@@ -47,14 +54,23 @@ fn serve(args: Args) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let checks = doctor::assess(&doctor::Limits::read(), args.ws.max_connections as u64);
+    if let Some(warning) = doctor::warning(&checks, args.ws.max_connections as u64) {
+        log::warn!("{warning}");
+    }
     let (store, cluster) = match args.no_database {
         true => (None, None),
         false => database(&args).map(|(s, c)| (Some(s), c))?,
     };
     let lobby = store.clone().map(Lobby::new);
-    let ws = server::start(args.ws.clone(), app::router(lobby.clone()), app::connect())
+    let connect = app::connect_with_admin(args.admin_token.clone());
+    let history = admin_channel::new_history();
+    let router = app::router_with_stats(lobby.clone(), Some(history.clone()));
+    let ws = server::start(args.ws.clone(), router, connect)
         .map_err(|e| format!("cannot listen on {}: {e}", args.ws.ws_addr))?;
     let pubsub = ws.pubsub();
+    let stats = admin_channel::StatsTicker::start(ws.pubsub(), history)
+        .map_err(|e| format!("cannot start the stats ticker: {e}"))?;
     let listener = match (&store, lobby) {
         (Some(store), Some(lobby)) => Some(
             listener::spawn_listener(&store.config().url, move |event| {
@@ -76,11 +92,16 @@ fn serve(args: Args) -> Result<(), String> {
     };
     let http = http::start(http_config, HttpDeps { store })
         .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
-    println!("phx-threads listening ws={} http={}", ws.ws_addr(), http.addr);
-    println!("open http://{}/", http.addr);
+    // Not println!: with stdout closed (a reader that went away) it would panic the server.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "phx-threads listening ws={} http={}", ws.ws_addr(), http.addr);
+    let _ = writeln!(out, "open http://{}/", http.addr);
+    drop(out);
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
     }
+    drop(stats);
     shutdown(http, listener, ws, cluster)
 }
 

@@ -85,6 +85,7 @@ impl Connections {
             if let Some((conn, phase)) = table.conns.get_mut(&oldest) {
                 log::info!("conn {oldest}: dropped, the oldest of {max_handshakes} handshakes");
                 *phase = Phase::Evicted;
+                crate::metrics::refused_connect("handshake_evicted");
                 // Wakes its thread from reading the request head; the thread then ends.
                 conn.shutdown_tcp();
             }
@@ -359,6 +360,7 @@ fn admit(
     // is decided when the upgrade completes (`Admission`).
     if connections.table.lock().upgraded >= endpoint.config.max_connections {
         log::warn!("refusing {peer}: max_connections reached");
+        crate::metrics::refused_connect("at_capacity");
         drop(shared);
         refuse_503(&tcp);
         return;
@@ -376,6 +378,7 @@ fn admit(
     if let Err(e) = spawned {
         // The guard moved into the closure was dropped with it, freeing the slot.
         log::error!("refusing {peer}: cannot start a thread: {e}");
+        crate::metrics::refused_connect("no_thread");
     }
 }
 

@@ -16,7 +16,12 @@ export default defineConfig(({ mode }) => {
     plugins: [react()],
     server: { host: "127.0.0.1", port: 5173, strictPort: true, proxy },
     preview: { host: "127.0.0.1", port: 4173, strictPort: true, proxy },
-    build: { sourcemap: true },
+    // Two pages: the roster (index.html) and the live dashboard (dashboard.html, served at
+    // /dashboard by the Rust server).
+    build: {
+      sourcemap: true,
+      rollupOptions: { input: { main: "index.html", dashboard: "dashboard.html" } },
+    },
     test: {
       include: ["src/**/*.test.{js,jsx}"],
       environment: "node",

@@ -13,6 +13,7 @@ mod opts;
 mod plot;
 mod report;
 mod scenarios;
+mod scrape;
 mod target;
 mod wire;
 

@@ -22,6 +22,8 @@ scenarios:
 
 options:
   --smoke               a few hundred connections and a few rounds per scenario (CI)
+  --scrape              fanout: measure each size without, then with, a scraper fetching
+                        GET /metrics every second (twice, alternating); prints the p99 ratio
   --peer socketio       also run scaling/fanout against the Node Socket.IO peer (benches/peer)
   --peer-only           scaling/fanout against the peer alone
   --target URL --pid N  use a running server (ws://127.0.0.1:PORT/socket/websocket) instead
@@ -49,6 +51,7 @@ pub struct Opts {
     pub scenario: String,
     pub help: bool,
     pub smoke: bool,
+    pub scrape: bool,
     pub peer: bool,
     pub peer_only: bool,
     pub target: Option<String>,
@@ -78,6 +81,7 @@ impl Opts {
             scenario: String::new(),
             help: false,
             smoke: false,
+            scrape: false,
             peer: false,
             peer_only: false,
             target: None,
@@ -108,6 +112,7 @@ impl Opts {
                 "--bench" => {}
                 "-h" | "--help" => o.help = true,
                 "--smoke" => o.smoke = true,
+                "--scrape" => o.scrape = true,
                 "--peer" => match val("--peer")?.as_str() {
                     "socketio" => o.peer = true,
                     other => return Err(format!("unknown peer {other:?} (only socketio)")),

@@ -1,6 +1,7 @@
 //! The application mounted by the binary: our channels and the socket's connect callback
 //! (Phoenix's `lib/my_app_web`). Nothing in the framework modules depends on this module.
 
+pub mod admin_channel;
 pub mod lobby;
 pub mod room_channel;
 pub mod superheroes_channel;
@@ -21,11 +22,18 @@ use lobby::Lobby;
 /// both track their members in one presence tracker. Every lobby channel shares `lobby`'s one
 /// copy of the table.
 pub fn router(lobby: Option<Lobby>) -> Router {
+    router_with_stats(lobby, None)
+}
+
+/// `router`, with the dashboard's `admin:stats` answering joins from the running ticker's
+/// `history`.
+pub fn router_with_stats(lobby: Option<Lobby>, history: Option<admin_channel::History>) -> Router {
     let presence = Presence::new();
     let rooms = presence.clone();
     let router = Router::new()
         .presence(presence.clone())
-        .channel("room:*", move || room_channel::RoomChannel::new(rooms.clone()));
+        .channel("room:*", move || room_channel::RoomChannel::new(rooms.clone()))
+        .channel(admin_channel::TOPIC, move || admin_channel::AdminChannel::new(history.clone()));
     match lobby {
         Some(lobby) => router.channel(lobby::TOPIC, move || {
             let channel = superheroes_channel::SuperheroesChannel::new(lobby.clone());
@@ -36,15 +44,39 @@ pub fn router(lobby: Option<Lobby>) -> Router {
 }
 
 /// The connect callback: accepts everyone, and keeps the `user_id` param (the chat's presence
-/// key) in the socket's assigns.
+/// key) in the socket's assigns. Loopback clients not behind a proxy may watch `admin:stats`.
 pub fn connect() -> ConnectFn {
-    Arc::new(|info| {
+    connect_with_admin(None)
+}
+
+/// `connect`, and the `admin` assign (`admin:stats`) for a connection that gives
+/// `admin_token` as its connect param `admin_token`, or comes from loopback without a proxy's
+/// forwarding headers.
+pub fn connect_with_admin(admin_token: Option<String>) -> ConnectFn {
+    Arc::new(move |info| {
         let mut connected = Connected::default();
         if let Some(id) = info.params.get("user_id").filter(|id| !id.is_empty()) {
             connected.assigns.insert("user_id".into(), Value::String(id.clone()));
         }
+        if is_admin(info, admin_token.as_deref()) {
+            connected.assigns.insert("admin".into(), Value::Bool(true));
+        }
         Ok(connected)
     })
+}
+
+fn is_admin(info: &crate::socket::transport::ConnectInfo, token: Option<&str>) -> bool {
+    let forwarded =
+        info.x_headers.iter().any(|(name, _)| name == "x-forwarded-for" || name == "x-real-ip");
+    let local = info.peer_addr.ip().is_loopback() && !forwarded;
+    let given = info.params.get("admin_token").map(String::as_bytes);
+    let token_ok = matches!((token, given), (Some(t), Some(g)) if same_bytes(t.as_bytes(), g));
+    local || token_ok
+}
+
+/// Compares in time that depends on the lengths only, not on where the first difference is.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Tracks `key` with `{"online_at": <unix seconds>}` and pushes `presence_state` once joined;

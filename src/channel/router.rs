@@ -34,6 +34,7 @@ impl Router {
             star.is_none() || star == Some(pattern.len() - 1),
             "topic pattern {pattern:?}: `*` is only allowed at the end"
         );
+        crate::metrics::register_pattern(pattern);
         self.routes.push((pattern.to_string(), Arc::new(move || Box::new(factory()))));
         self
     }

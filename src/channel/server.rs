@@ -169,11 +169,19 @@ fn run(req: JoinRequest, mb: Mailboxes) {
         return;
     }
     reply_join(&ctx, ref_.as_deref(), status, &response);
+    if outcome != JoinOutcome::Joined {
+        crate::metrics::refused_join(if outcome == JoinOutcome::Crashed {
+            "crashed"
+        } else {
+            "refused"
+        });
+    }
     let _ = notices.send(Notice::Joined(id, outcome));
     if outcome != JoinOutcome::Joined {
         unsubscribe_all(&ctx);
         return;
     }
+    let _counted = crate::metrics::channel_joined(&ctx.topic);
     for (event, payload) in ctx.pending.take().unwrap_or_default() {
         ctx.push(&event, payload);
     }

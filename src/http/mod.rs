@@ -226,6 +226,8 @@ impl Worker {
         if let Err(e) = request.respond(to_tiny(response)) {
             log::debug!("{method} {url}: writing the response failed: {e}");
         }
+        let route = router::pattern_of(&method, path_of(&url));
+        crate::metrics::http_request(&method, route, status, started.elapsed());
         log::info!("{method} {} {status} {:.1?}", path_of(&url), started.elapsed());
     }
 }

@@ -38,11 +38,23 @@ pub const ROUTES: &[Route] = &[
     route(Method::Get, "/healthz", handlers::meta::healthz),
     route(Method::Get, "/config.json", handlers::meta::config_json),
     route(Method::Get, "/", handlers::assets::index),
+    route(Method::Get, "/metrics", handlers::metrics::scrape),
+    route(Method::Get, "/dashboard", handlers::assets::dashboard),
 ];
 
 /// Every routed (method, pattern) pair, for the openapi.yaml check.
 pub fn routes() -> Vec<(&'static str, &'static str)> {
     ROUTES.iter().map(|r| (r.method.as_str(), r.pattern)).collect()
+}
+
+/// The route pattern a request matched, for metrics labels (`other` for the rest: bounded).
+pub fn pattern_of(method: &str, path: &str) -> &'static str {
+    let segments = segments(path);
+    let wanted = if method == "HEAD" { "GET" } else { method };
+    let route = ROUTES
+        .iter()
+        .find(|r| r.method.as_str() == wanted && matches(r.pattern, &segments).is_some());
+    route.map_or("other", |r| r.pattern)
 }
 
 /// What to do with a request, decided from its method and path alone.

@@ -118,12 +118,17 @@ fn dispatch(
     let spread = topic.subs.len() >= spread_fanout;
     let mut frames = Fastlane::new(broadcast);
     let mut gone = Vec::new();
+    // Counted here, and handed to the metrics once per broadcast: no atomic per subscriber.
+    let (mut deliveries, mut bytes) = (0u64, 0u64);
     for entry in topic.subs.iter().filter(|e| Some(e.sub.id) != from) {
         let done = match &entry.sub.target {
             Target::Channel { fastlane: Some(conn), intercepts, .. }
                 if !intercepts.iter().any(|e| *e == broadcast.event) =>
             {
-                fastlane(conn, frames.get(conn.vsn), spread)
+                let frame = frames.get(conn.vsn);
+                deliveries += 1;
+                bytes += frame.as_ref().map_or(0, |f| f.len() as u64);
+                fastlane(conn, frame, spread)
             }
             Target::Channel { tx, fastlane, .. } => {
                 let msg = channel::Msg::Broadcast(broadcast.clone());
@@ -136,6 +141,7 @@ fn dispatch(
             gone.push(entry.sub.id);
         }
     }
+    crate::metrics::broadcast(deliveries, bytes);
     gone
 }
 

@@ -154,6 +154,9 @@ impl ConnShared {
             }
             *current = Some(reason);
         }
+        if reason == CloseReason::SlowConsumer {
+            crate::metrics::slow_consumer();
+        }
         let how = if reason == CloseReason::SlowConsumer { Shutdown::Both } else { Shutdown::Read };
         let _ = self.tcp.shutdown(how);
     }
@@ -489,7 +492,11 @@ impl ConnHandle {
     /// (binary payloads over V1) are dropped with a debug log, as they cannot be expressed.
     pub fn send_message(&self, out: &Outgoing<'_>) -> bool {
         match self.vsn.encode(out) {
-            Some(encoded) => self.send(Chunk::Owned(encoded.into_frame())),
+            Some(encoded) => {
+                let frame = encoded.into_frame();
+                crate::metrics::frame_out(frame.len());
+                self.send(Chunk::Owned(frame))
+            }
             None => {
                 log::debug!("conn {}: dropped binary message for a V1 client", self.shared.id);
                 false

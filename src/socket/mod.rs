@@ -84,6 +84,7 @@ struct Leave {
 }
 
 /// How the read loop ended.
+#[derive(Debug)]
 enum End {
     /// The client closed the WebSocket or the TCP stream.
     ClientClosed,
@@ -146,6 +147,7 @@ fn handshake(
     match transport::accept(tcp, shared, peer, endpoint) {
         Ok((ws, session)) => Some(Box::new(Upgraded { ws, session })),
         Err(HandshakeFailure::Refused(status)) => {
+            crate::metrics::refused_connect(crate::metrics::upgrade_refusal(status));
             log::info!("conn {}: upgrade refused with {status}", shared.id);
             None
         }
@@ -161,6 +163,7 @@ fn handshake(
 fn run(endpoint: Arc<Endpoint>, upgraded: Box<Upgraded>, shared: Arc<ConnShared>) {
     let Upgraded { mut ws, session } = *upgraded;
     let conn = attach_outbound(&endpoint, &mut ws, &shared, session.vsn);
+    let _counted = crate::metrics::connection("websocket");
     let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
     // Unbounded but bounded by construction: each channel thread sends exactly one exit, and
     // at most `max_channels_per_connection` run at once. (A bounded channel would preallocate.)
@@ -216,7 +219,10 @@ impl Socket {
                 return End::Requested(reason);
             }
             let frame = match read {
-                Ok(frame) => frame,
+                Ok(frame) => {
+                    crate::metrics::frame_in(frame.len());
+                    frame
+                }
                 Err(e) if self.leave_timer_fired(&e) => {
                     self.expire_leaves();
                     continue;
@@ -310,12 +316,14 @@ impl Socket {
         self.await_abandoned(&topic);
         let config = &self.endpoint.config;
         if self.channels.len() >= config.max_channels_per_connection {
+            crate::metrics::refused_join("too_many_channels");
             let reason = json!({"reason": "too many channels joined"});
             self.reply(Some(&join_ref), m.ref_.as_deref(), &m.topic, "error", &reason.into());
             return;
         }
         let Some(channel) = self.endpoint.router.route(&m.topic) else {
             log::warn!("conn {}: join of unmatched topic {}", self.conn.shared.id, shown(&m.topic));
+            crate::metrics::refused_join("unmatched_topic");
             self.reply_unmatched(&m);
             return;
         };
@@ -369,6 +377,7 @@ impl Socket {
                 Ok(spawned) => spawned,
                 Err(e) => {
                     log::error!("conn {}: cannot start channel thread: {e}", self.conn.shared.id);
+                    crate::metrics::refused_join("no_thread");
                     let reason = json!({"reason": "server at capacity"}).into();
                     self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
                     return None;
@@ -389,6 +398,7 @@ impl Socket {
             Some(JoinOutcome::Refused | JoinOutcome::Crashed) => {}
             None => {
                 log::warn!("conn {}: join of {} timed out", self.conn.shared.id, shown(&topic));
+                crate::metrics::refused_join("join_timeout");
                 let reason = json!({"reason": "join timeout"}).into();
                 self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
             }
@@ -611,6 +621,7 @@ impl Socket {
             joined.control.force_send(channel::Msg::Stop(stop));
             self.retired.insert(joined.id, joined.thread);
         }
+        crate::logger::conn_closed(self.conn.shared.id, format_args!("{end:?}"));
         self.close_websocket(ws, end);
         self.conn.shared.shutdown_tcp();
         let deadline = Instant::now() + self.endpoint.config.shutdown_timeout / 2;

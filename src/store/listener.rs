@@ -143,6 +143,7 @@ impl Listener {
                     // The very first connection needs no resync: subscribers load after
                     // starting us. Any later one follows a gap in which events were lost.
                     if !first_attempt {
+                        crate::metrics::listener_reconnect();
                         self.emit(StoreEvent::Resync);
                     }
                     backoff = BACKOFF_MIN;

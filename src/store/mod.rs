@@ -198,10 +198,8 @@ impl Store {
     /// `is_unavailable()` on pool timeout or when (re)connecting fails.
     pub fn client(&self) -> Result<PooledClient<'_>, Error> {
         let timeout = self.inner.config.checkout_timeout;
-        let slot =
-            self.inner.slots_rx.recv_timeout(timeout).map_err(|_| {
-                Error::unavailable("timed out waiting for a pooled connection", None)
-            })?;
+        let slot = crate::metrics::pool_checkout(&self.inner.slots_rx, timeout)
+            .map_err(|_| Error::unavailable("timed out waiting for a pooled connection", None))?;
         let mut pooled = PooledClient { slot: Some(slot), inner: &self.inner };
         pooled.ensure_connected()?;
         Ok(pooled)
@@ -260,6 +258,7 @@ impl DerefMut for PooledClient<'_> {
 impl Drop for PooledClient<'_> {
     fn drop(&mut self) {
         let Some(mut slot) = self.slot.take() else { return };
+        crate::metrics::pool_released();
         if slot.client.as_ref().is_some_and(Client::is_closed) {
             slot.client = None;
             self.inner.n_breakages.fetch_add(1, Ordering::Relaxed);

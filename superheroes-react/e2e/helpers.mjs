@@ -206,6 +206,8 @@ export async function launchBrowser() {
     args: CHROMIUM_ARGS,
     viewport: { width: 1100, height: 800 },
     timeout: 60_000,
+    // A self-signed certificate in the TLS run behind nginx (.ci/nginx-tls.sh).
+    ignoreHTTPSErrors: Boolean(process.env.E2E_BASE_URL),
   });
   return {
     context,

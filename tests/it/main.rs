@@ -31,3 +31,7 @@ mod store;
 mod superheroes;
 // Issue #11: no silent drops in PubSub and the lobby, bounded waits, the shared lobby table.
 mod lobby;
+// Issue #15: GET /metrics moves with connections, joins, broadcasts and REST calls.
+mod metrics;
+// Issue #15: the doctor on this machine, JSON logs, the admin:stats channel.
+mod ops;

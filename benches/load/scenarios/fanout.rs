@@ -2,6 +2,7 @@
 //! delivery latency over all receipts, and how many receipts never came.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{KEEPALIVE, Res, cap, check_alive, kinds, ramp_timeout, room_topic, start};
@@ -35,6 +36,9 @@ pub fn run(opts: &Opts) -> Res {
     }
     table.print();
     table.write_csv(&opts.out, "fanout").map_err(|e| e.to_string())?;
+    if opts.scrape {
+        scrape_ratios(&table, opts)?;
+    }
     if opts.peer {
         let mut t = Table::new(
             "fanout: phx-threads / socketio latency",
@@ -56,6 +60,29 @@ pub fn run(opts: &Opts) -> Res {
     result
 }
 
+/// p99 with the scraper over p99 without it, per size (means of the alternating runs).
+fn scrape_ratios(table: &Table, opts: &Opts) -> Res {
+    let mut t = Table::new(
+        "fanout: p99 with / without a /metrics scrape every second",
+        &["subscribers", "p99_ms_without", "p99_ms_with", "ratio"],
+    );
+    let mean_p99 = |name: &str, subs: &str| {
+        let v: Vec<f64> = (table.rows.iter())
+            .filter(|r| r[0] == name && r[1] == subs)
+            .filter_map(|r| r[6].parse().ok())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let mut sizes: Vec<&String> = table.rows.iter().map(|r| &r[1]).collect();
+    sizes.dedup();
+    for subs in sizes {
+        let (off, on) = (mean_p99("phx-threads", subs), mean_p99("phx-threads+scrape", subs));
+        t.row(vec![subs.clone(), format!("{off:.1}"), format!("{on:.1}"), ratio(on, off)]);
+    }
+    t.print();
+    t.write_csv(&opts.out, "fanout_scrape").map_err(|e| e.to_string())
+}
+
 fn run_one(kind: Kind, opts: &Opts, table: &mut Table) -> Res {
     let top = cap(kind, *opts.sizes.iter().max().ok_or("no sizes")?);
     let mut sizes: Vec<usize> = opts.sizes.iter().map(|&s| s.min(top)).collect();
@@ -74,28 +101,50 @@ fn run_one(kind: Kind, opts: &Opts, table: &mut Table) -> Res {
             println!("  {} connections failed to join; measuring with {subs}", ramp.failed);
         }
         crate::pause(Duration::from_secs(1));
-        let cpu0 = target::proc_stat(server.pid).unwrap_or_default().cpu_s;
-        let r = rounds(&fleet, subs, n, &mut seq, opts.rounds, opts.pad.unwrap_or(0), opts.smoke);
-        let cpu = target::proc_stat(server.pid).unwrap_or_default().cpu_s - cpu0;
-        table.row(vec![
-            kind.name().into(),
-            subs.to_string(),
-            opts.rounds.to_string(),
-            r.receipts.to_string(),
-            r.lost.to_string(),
-            ms(r.lat.p50),
-            ms(r.lat.p99),
-            ms(r.lat.max),
-            ms(r.round.p50),
-            ms(r.round.max),
-            format!("{cpu:.2}"),
-        ]);
-        println!("  {}", table.rows.last().unwrap().join("  "));
+        for scraping in scrape_phases(kind, opts) {
+            let scraper = scraping.then(|| server.http.map(crate::scrape::Scraper::start));
+            let name =
+                if scraping { format!("{}+scrape", kind.name()) } else { kind.name().into() };
+            let cpu0 = target::proc_stat(server.pid).unwrap_or_default().cpu_s;
+            let pad = opts.pad.unwrap_or(0);
+            let r = rounds(&fleet, subs, n, &mut seq, opts.rounds, pad, opts.smoke);
+            let cpu = target::proc_stat(server.pid).unwrap_or_default().cpu_s - cpu0;
+            if let Some(Some(s)) = scraper {
+                println!("  scrapes during the rounds: {}", s.done.load(Ordering::Relaxed));
+            }
+            row(table, name, subs, opts, &r, cpu);
+        }
         check_alive(&mut server)?;
     }
     fleet.shutdown();
     server.stop();
     Ok(())
+}
+
+/// Without `--scrape`, one measurement; with it, off/on twice, alternating, so drift in the
+/// machine's load shows as the spread between the pairs.
+fn scrape_phases(kind: Kind, opts: &Opts) -> Vec<bool> {
+    match opts.scrape && kind == Kind::Phoenix {
+        true => vec![false, true, false, true],
+        false => vec![false],
+    }
+}
+
+fn row(table: &mut Table, name: String, subs: usize, opts: &Opts, r: &Rounds, cpu: f64) {
+    table.row(vec![
+        name,
+        subs.to_string(),
+        opts.rounds.to_string(),
+        r.receipts.to_string(),
+        r.lost.to_string(),
+        ms(r.lat.p50),
+        ms(r.lat.p99),
+        ms(r.lat.max),
+        ms(r.round.p50),
+        ms(r.round.max),
+        format!("{cpu:.2}"),
+    ]);
+    println!("  {}", table.rows.last().unwrap().join("  "));
 }
 
 pub struct Rounds {

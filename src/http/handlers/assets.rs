@@ -29,6 +29,14 @@ pub fn index(_: &ApiRequest, ctx: &Ctx, _: &[String]) -> Result<ApiResponse, Api
     Ok(serve_index(ctx))
 }
 
+/// `GET /dashboard`: the live dashboard page of the React build (`dashboard.html`), or 404
+/// when the client is not built.
+pub fn dashboard(_: &ApiRequest, ctx: &Ctx, _: &[String]) -> Result<ApiResponse, ApiError> {
+    let page = root(ctx).map(|r| r.join("dashboard.html")).and_then(|p| serve_file(&p));
+    let page = page.ok_or_else(ApiError::not_found)?;
+    Ok(page.with_header("Cache-Control", "no-cache"))
+}
+
 /// `GET` of a path no route matched (never under `/api`).
 pub fn fallback(request: &ApiRequest, ctx: &Ctx) -> ApiResponse {
     let Some(root) = root(ctx) else {

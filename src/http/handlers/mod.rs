@@ -5,6 +5,7 @@
 
 pub mod assets;
 pub mod meta;
+pub mod metrics;
 pub mod superheroes;
 
 use crate::http::HttpConfig;
