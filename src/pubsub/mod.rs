@@ -12,9 +12,12 @@
 //! `Channel::handle_lagged`), or is counted in `Subscription::take_dropped` (plain mailboxes).
 
 mod registry;
+mod target;
+
+pub(crate) use target::{Connection, Eviction, Inbound, Inbox, Lag, Refused, Subscriber, Target};
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,10 +25,8 @@ use std::{fmt, io};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::channel;
-use crate::process::{self, MailboxSender};
+use crate::process;
 use crate::protocol::{Outgoing, Payload, Vsn};
-use crate::socket::conn::ConnHandle;
 
 /// A message for every subscriber of a topic (`%Phoenix.Socket.Broadcast{}`).
 #[derive(Debug, Clone, PartialEq)]
@@ -88,45 +89,6 @@ impl SubId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         SubId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
-}
-
-/// Where a subscriber wants its broadcasts.
-pub(crate) enum Target {
-    /// A joined channel. With `fastlane`, events it does not intercept go straight to its
-    /// connection as one shared frame; intercepted events (and all events when there is no
-    /// fastlane, i.e. extra topics) go to the channel's mailbox.
-    Channel {
-        tx: MailboxSender<channel::Msg>,
-        fastlane: Option<ConnHandle>,
-        intercepts: Arc<[String]>,
-    },
-    /// A socket subscribed to its socket id: `disconnect` closes it with 1001.
-    Socket(ConnHandle),
-    /// Anything else (REST code, tests): a plain bounded mailbox; broadcasts it had no room for
-    /// are counted in `dropped`.
-    Mailbox { tx: Sender<Arc<Broadcast>>, dropped: Arc<AtomicU64> },
-}
-
-/// The marker a channel gets instead of the messages its mailbox had no room for, on a topic it
-/// subscribed to with `ChannelCtx::subscribe`. Until the channel has handled it, nothing more
-/// is queued for it on any topic (the marker already says "catch up").
-pub(crate) struct Lag {
-    pub topic: String,
-    pub(super) flag: Arc<AtomicBool>,
-}
-
-impl Lag {
-    /// Lets the registry queue messages for this channel again. Call before catching up (e.g.
-    /// before taking a fresh snapshot), so that whatever was published after the snapshot is
-    /// delivered.
-    pub(crate) fn resume(&self) {
-        self.flag.store(false, Ordering::Release);
-    }
-}
-
-pub(crate) struct Subscriber {
-    pub id: SubId,
-    pub target: Target,
 }
 
 pub(crate) enum Msg {
