@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cluster::ClusterConfig;
 use crate::config::Config;
 use crate::http::HttpConfig;
 
@@ -48,6 +49,16 @@ OPTIONS (environment variable in brackets):
     --presence-max-per-topic N    [PHX_PRESENCE_MAX_PER_TOPIC, default 100000]
     --max-superheroes N       creates beyond N rows get 422 [PHX_MAX_SUPERHEROES,
                               default 10000]
+    --cluster                 join the other nodes on the same database: broadcasts reach
+                              every node (LISTEN/NOTIFY) [PHX_CLUSTER=1]
+    --node-name NAME          unique per node [PHX_NODE_NAME, default <host>-<pid>]
+    --cluster-batch-ms N      broadcasts within N ms go out as one NOTIFY
+                              [PHX_CLUSTER_BATCH_MS, default 5]
+    --cluster-heartbeat-ms N  [PHX_CLUSTER_HEARTBEAT_MS, default 1000]
+    --cluster-node-timeout-ms N   a node silent this long is down; more than the heartbeat
+                              [PHX_CLUSTER_NODE_TIMEOUT_MS, default 3000]
+    --cluster-mailbox N       broadcasts waiting for the relay; more are counted and logged,
+                              and reach this node only [PHX_CLUSTER_MAILBOX, default 65536]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -75,6 +86,7 @@ pub struct Args {
     pub http_body_timeout: Duration,
     /// Bound on the superheroes table (`store::StoreConfig::max_superheroes`).
     pub max_superheroes: usize,
+    pub cluster: ClusterConfig,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -103,8 +115,15 @@ pub fn parse(
             args.no_database = true;
             continue;
         }
+        if flag == "--cluster" {
+            args.cluster.enabled = true;
+            continue;
+        }
         let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
         apply(&mut args, &flag, &value)?;
+    }
+    if args.cluster.node_timeout <= args.cluster.heartbeat {
+        return Err("--cluster-node-timeout-ms must exceed --cluster-heartbeat-ms".to_string());
     }
     Ok(args)
 }
@@ -123,6 +142,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         http_head_timeout: HttpConfig::default().head_timeout,
         http_body_timeout: HttpConfig::default().body_timeout,
         max_superheroes: crate::store::superheroes::MAX_ROWS,
+        cluster: ClusterConfig::default(),
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -146,6 +166,12 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
         ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
         ("PHX_MAX_SUPERHEROES", "--max-superheroes"),
+        ("PHX_CLUSTER", "--cluster"),
+        ("PHX_NODE_NAME", "--node-name"),
+        ("PHX_CLUSTER_BATCH_MS", "--cluster-batch-ms"),
+        ("PHX_CLUSTER_HEARTBEAT_MS", "--cluster-heartbeat-ms"),
+        ("PHX_CLUSTER_NODE_TIMEOUT_MS", "--cluster-node-timeout-ms"),
+        ("PHX_CLUSTER_MAILBOX", "--cluster-mailbox"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -189,6 +215,36 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--presence-max-meta-bytes" => args.ws.presence.max_meta_bytes = number()?,
         "--presence-max-metas-per-key" => args.ws.presence.max_metas_per_key = number()?,
         "--presence-max-per-topic" => args.ws.presence.max_per_topic = number()?,
+        flag if flag.starts_with("--cluster") || flag == "--node-name" => {
+            apply_cluster(&mut args.cluster, flag, value)?
+        }
+        _ => return Err(format!("unknown option {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+/// The cluster's options (`ClusterConfig`); `--cluster` takes a value only from PHX_CLUSTER.
+fn apply_cluster(c: &mut ClusterConfig, flag: &str, value: &str) -> Result<(), String> {
+    let number = || match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag}: not a positive number: {value}")),
+    };
+    match flag {
+        "--cluster" => {
+            c.enabled = match value {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(format!("{flag}: expected 1 or 0, got {value}")),
+            }
+        }
+        "--node-name" if value.is_empty() || value.len() > 200 => {
+            return Err(format!("{flag}: 1 to 200 bytes"));
+        }
+        "--node-name" => c.node_name = value.to_string(),
+        "--cluster-batch-ms" => c.batch_window = millis(number()?),
+        "--cluster-heartbeat-ms" => c.heartbeat = millis(number()?),
+        "--cluster-node-timeout-ms" => c.node_timeout = millis(number()?),
+        "--cluster-mailbox" => c.mailbox = number()?,
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())
@@ -254,5 +310,26 @@ mod tests {
         assert_eq!(args.http_head_timeout, Duration::from_millis(1500));
         assert_eq!(args.http_body_timeout, Duration::from_millis(2500));
         assert_eq!(parse_with(&[], &[]).unwrap().http_max_connections, 1024);
+    }
+
+    #[test]
+    fn cluster_options() {
+        let args = parse_with(
+            &["--cluster", "--node-name", "n1", "--cluster-heartbeat-ms", "200"],
+            &[("PHX_CLUSTER_NODE_TIMEOUT_MS", "500"), ("PHX_CLUSTER_BATCH_MS", "2")],
+        )
+        .unwrap();
+        assert!(args.cluster.enabled);
+        assert_eq!(args.cluster.node_name, "n1");
+        assert_eq!(args.cluster.heartbeat, Duration::from_millis(200));
+        assert_eq!(args.cluster.node_timeout, Duration::from_millis(500));
+        assert_eq!(args.cluster.batch_window, Duration::from_millis(2));
+        assert!(parse_with(&[], &[("PHX_CLUSTER", "1")]).unwrap().cluster.enabled);
+        assert!(!parse_with(&[], &[]).unwrap().cluster.enabled);
+        assert!(parse_with(&[], &[("PHX_CLUSTER", "maybe")]).unwrap_err().contains("1 or 0"));
+        assert!(
+            parse_with(&["--cluster-heartbeat-ms", "5000"], &[]).unwrap_err().contains("exceed")
+        );
+        assert!(parse_with(&["--cluster-mailbox", "0"], &[]).unwrap_err().contains("positive"));
     }
 }

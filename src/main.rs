@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use phx_threads::app::{self, lobby::Lobby, superheroes_channel};
 use phx_threads::cli::{self, Args, Command};
+use phx_threads::cluster::Cluster;
 use phx_threads::http::{self, HttpConfig, HttpDeps};
 use phx_threads::store::{self, Store, cluster::LocalCluster, listener};
 use phx_threads::{logger, server};
@@ -74,14 +75,31 @@ fn serve(args: Args) -> Result<(), String> {
         body_timeout: args.http_body_timeout,
         ..HttpConfig::default()
     };
-    let http = http::start(http_config, HttpDeps { store })
+    let cluster_node = start_cluster(&args, store.as_ref(), &ws.pubsub())?;
+    let deps = HttpDeps { store, cluster: cluster_node.as_ref().map(Cluster::view) };
+    let http = http::start(http_config, deps)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
     println!("phx-threads listening ws={} http={}", ws.ws_addr(), http.addr);
     println!("open http://{}/", http.addr);
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: shutting down");
     }
-    shutdown(http, listener, ws, cluster)
+    shutdown(http, listener, cluster_node, ws, cluster)
+}
+
+/// With `--cluster`: joins the other nodes on the same database.
+fn start_cluster(
+    args: &Args,
+    store: Option<&Store>,
+    pubsub: &phx_threads::pubsub::PubSub,
+) -> Result<Option<Cluster>, String> {
+    match (args.cluster.enabled, store) {
+        (false, _) => Ok(None),
+        (true, None) => Err("--cluster needs a database (not --no-database)".to_string()),
+        (true, Some(store)) => Cluster::start(args.cluster.clone(), &store.config().url, pubsub)
+            .map(Some)
+            .map_err(|e| format!("cluster: {e}")),
+    }
 }
 
 /// Reverse start order: no new requests, no new change events, close every socket (1012),
@@ -89,10 +107,15 @@ fn serve(args: Args) -> Result<(), String> {
 fn shutdown(
     http: http::HttpHandle,
     listener: Option<listener::ListenerHandle>,
+    cluster_node: Option<Cluster>,
     ws: server::ServerHandle,
     cluster: Option<LocalCluster>,
 ) -> Result<(), String> {
     let http_result = http.shutdown().map_err(|e| format!("http shutdown: {e}"));
+    // Says `bye` first, so the other nodes drop this one at once.
+    if let Some(node) = cluster_node {
+        node.stop();
+    }
     if let Some(listener) = listener {
         let _ = listener.shutdown();
     }

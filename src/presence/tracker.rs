@@ -133,7 +133,9 @@ impl Tracker {
             return self.forget_if_empty(&topic);
         }
         let diff = diff_payload(&window);
-        if let Err(e) = self.pubsub.broadcast(&topic, "presence_diff", Payload::JsonText(diff)) {
+        if let Err(e) =
+            self.pubsub.local_broadcast(&topic, "presence_diff", Payload::JsonText(diff))
+        {
             // Keep the changes and try again a window later: a lost diff would leave every
             // member of the topic with a wrong list until it rejoins.
             log::error!("presence_diff on {topic} not sent ({e}); retrying");

@@ -37,6 +37,10 @@ pub struct Broadcast {
 }
 
 impl Broadcast {
+    pub fn new(topic: &str, event: &str, payload: Payload) -> Broadcast {
+        Broadcast { topic: topic.to_string(), event: event.to_string(), payload }
+    }
+
     /// The broadcast as one complete WebSocket frame for `vsn` (`Serializer.fastlane!/1`);
     /// `None` when that serializer cannot carry it (binary to a V1 client).
     pub(crate) fn frame(&self, vsn: Vsn) -> Option<Arc<[u8]>> {
@@ -56,8 +60,7 @@ pub struct SharedPush {
 
 impl SharedPush {
     pub fn new(topic: &str, event: &str, payload: Payload) -> SharedPush {
-        let (topic, event) = (topic.to_string(), event.to_string());
-        SharedPush { broadcast: Broadcast { topic, event, payload }, frames: Default::default() }
+        SharedPush { broadcast: Broadcast::new(topic, event, payload), frames: Default::default() }
     }
 
     pub fn payload(&self) -> &Payload {
@@ -136,11 +139,20 @@ impl fmt::Display for PubSubError {
 
 impl std::error::Error for PubSubError {}
 
+/// Where the broadcasts this node originates also go: the cluster relay (`crate::cluster`),
+/// which hands them to the other nodes. `relay` must never block (a bounded mailbox, counted
+/// when full), since it runs on the broadcasting socket or channel thread.
+pub trait Relay: Send + Sync {
+    fn relay(&self, broadcast: &Arc<Broadcast>);
+}
+
 /// Handle to the registry; clone it freely.
 #[derive(Clone)]
 pub struct PubSub {
     tx: Sender<Msg>,
     send_timeout: Duration,
+    /// Set once, when the node joins a cluster; shared by every clone.
+    relay: Arc<OnceLock<Box<dyn Relay>>>,
 }
 
 /// A mailbox subscription for code outside channels. Dropping it unsubscribes.
@@ -189,7 +201,8 @@ impl PubSubProcess {
             registry::run(rx, spread_fanout)
         };
         let thread = process::spawn("pubsub".into(), 256 * 1024, run)?;
-        let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5) };
+        let relay = Arc::default();
+        let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5), relay };
         Ok(PubSubProcess { pubsub, thread, done })
     }
 
@@ -218,9 +231,32 @@ impl PubSubProcess {
 
 impl PubSub {
     /// Sends `event` with `payload` to every subscriber of `topic`, including the caller's own
-    /// channel if it is subscribed.
+    /// channel if it is subscribed, on this node and (in a cluster) every other.
     pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) -> Result<(), PubSubError> {
         self.send_broadcast(topic, event, payload, None)
+    }
+
+    /// `broadcast` to the subscribers of this node only (`Phoenix.PubSub.local_broadcast/4`):
+    /// Presence diffs, which every node computes for itself.
+    pub fn local_broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Result<(), PubSubError> {
+        self.dispatch(Arc::new(Broadcast::new(topic, event, payload)))
+    }
+
+    /// Hands a broadcast to this node's registry without relaying it: the entry of broadcasts
+    /// relayed from other nodes, which take the same dispatch (fastlane) as local ones.
+    pub fn dispatch(&self, broadcast: Arc<Broadcast>) -> Result<(), PubSubError> {
+        self.send(Msg::Broadcast { broadcast, from: None })
+    }
+
+    /// Makes every broadcast this node originates from now on also go to `relay`. False (and
+    /// `relay` dropped) if one was set already.
+    pub fn set_relay(&self, relay: Box<dyn Relay>) -> bool {
+        self.relay.set(relay).is_ok()
     }
 
     /// Like `broadcast`, but skips the subscription `from` (the sending channel).
@@ -274,8 +310,10 @@ impl PubSub {
         payload: Payload,
         from: Option<SubId>,
     ) -> Result<(), PubSubError> {
-        let broadcast =
-            Arc::new(Broadcast { topic: topic.to_string(), event: event.to_string(), payload });
+        let broadcast = Arc::new(Broadcast::new(topic, event, payload));
+        if let Some(relay) = self.relay.get() {
+            relay.relay(&broadcast);
+        }
         self.send(Msg::Broadcast { broadcast, from })
     }
 

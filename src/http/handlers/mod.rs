@@ -4,9 +4,11 @@
 //! Threads: run on the HTTP worker thread, inside its `catch_unwind`.
 
 pub mod assets;
+pub mod cluster;
 pub mod meta;
 pub mod superheroes;
 
+use crate::cluster::ClusterView;
 use crate::http::HttpConfig;
 use crate::store::Store;
 
@@ -14,4 +16,5 @@ use crate::store::Store;
 pub struct Ctx {
     pub config: HttpConfig,
     pub store: Option<Store>,
+    pub cluster: Option<ClusterView>,
 }
