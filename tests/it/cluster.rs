@@ -1,0 +1,166 @@
+//! Issue #13: three `phx-threads` binaries (child processes, own ports) on one throwaway
+//! PostgreSQL with `--cluster`: broadcasts reach every node exactly once and in order, big
+//! ones through `cluster_messages`, membership follows starts, `bye` and SIGKILL, and the
+//! superheroes lobby hears a REST write once on every node without the cluster relaying it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::supervision::Binary;
+use crate::support::pg::TestDb;
+use crate::support::ws::{Event, WsClient};
+use crate::support::{EVENT_TIMEOUT, eventually, unique_topic};
+
+const HEARTBEAT_MS: u64 = 200;
+const NODE_TIMEOUT_MS: u64 = 600;
+
+fn start_node(db: &TestDb, name: &str) -> Binary {
+    let (heartbeat, timeout) = (HEARTBEAT_MS.to_string(), NODE_TIMEOUT_MS.to_string());
+    let args = [
+        "--database-url",
+        &db.url,
+        "--cluster",
+        "--node-name",
+        name,
+        "--cluster-heartbeat-ms",
+        &heartbeat,
+        "--cluster-node-timeout-ms",
+        &timeout,
+    ];
+    Binary::start_with(&args, false)
+}
+
+fn cluster_view(node: &Binary) -> Value {
+    let res = node.request("GET", "/cluster", "");
+    assert_eq!(res.status, 200, "{}", res.text());
+    res.json()
+}
+
+fn peers(node: &Binary) -> Vec<String> {
+    let view = cluster_view(node);
+    let names = view["nodes"].as_array().expect("a node list").iter();
+    names.map(|n| n["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Three nodes that all see the other two.
+fn three_nodes(db: &TestDb) -> Vec<Binary> {
+    let nodes: Vec<Binary> = ["n1", "n2", "n3"].iter().map(|n| start_node(db, n)).collect();
+    for node in &nodes {
+        assert!(eventually(EVENT_TIMEOUT, || peers(node).len() == 2), "{:?}", peers(node));
+    }
+    nodes
+}
+
+/// A client joined to `topic` on `node`, and its join ref.
+fn client(node: &Binary, topic: &str) -> (WsClient, String) {
+    let mut c = WsClient::connect(node.ws, "vsn=2.0.0").expect("connect");
+    let join_ref = c.join_ok(topic);
+    (c, join_ref)
+}
+
+/// The bodies of the next `n` `event` broadcasts on `c`, in arrival order.
+fn bodies(c: &mut WsClient, event: &str, n: usize) -> Vec<Value> {
+    (0..n).map(|_| c.expect(|m| m[3] == event)[4].clone()).collect()
+}
+
+/// No further `event` within a few heartbeats: nothing arrived twice.
+fn no_more(c: &mut WsClient, event: &str) {
+    let deadline = Instant::now() + Duration::from_millis(4 * HEARTBEAT_MS);
+    while let Event::Json(m) = c.recv_until(deadline) {
+        assert_ne!(m[3], event, "arrived twice: {m}");
+    }
+}
+
+#[test]
+fn broadcasts_from_every_node_reach_every_node_once_and_in_order() {
+    let db = TestDb::new();
+    let nodes = three_nodes(&db);
+    let topic = unique_topic("room:cluster");
+    let mut clients: Vec<(WsClient, String)> = nodes.iter().map(|n| client(n, &topic)).collect();
+    const PER_NODE: usize = 30;
+    let big = "x".repeat(10_000);
+    for k in 0..PER_NODE {
+        for (i, (c, join_ref)) in clients.iter_mut().enumerate() {
+            // One of them is over NOTIFY's 8,000 bytes: it travels through a row.
+            let body = match k == PER_NODE / 2 {
+                true => format!("n{i}-{k}-{big}"),
+                false => format!("n{i}-{k}"),
+            };
+            let reply = c.call(Some(join_ref), &topic, "new_msg", json!({ "body": body }));
+            assert_eq!(reply["status"], "ok", "{reply}");
+        }
+    }
+    for (c, _) in &mut clients {
+        let got: Vec<String> = bodies(c, "new_msg", 3 * PER_NODE)
+            .iter()
+            .map(|p| p["body"].as_str().unwrap().to_string())
+            .collect();
+        for i in 0..3 {
+            let from_i: Vec<String> = got
+                .iter()
+                .filter(|b| b.starts_with(&format!("n{i}-")))
+                .map(|b| b.split('-').take(2).collect::<Vec<_>>().join("-"))
+                .collect();
+            let expected: Vec<String> = (0..PER_NODE).map(|k| format!("n{i}-{k}")).collect();
+            assert_eq!(from_i, expected, "node {i}'s broadcasts, once each and in order");
+        }
+        no_more(c, "new_msg");
+    }
+    let rows: u64 = nodes.iter().map(|n| cluster_view(n)["rows"].as_u64().unwrap()).sum();
+    assert_eq!(rows, 3, "each node sent its big broadcast through cluster_messages");
+}
+
+#[test]
+fn membership_follows_an_orderly_stop_and_a_sigkill() {
+    let db = TestDb::new();
+    let mut nodes = three_nodes(&db);
+    let first = cluster_view(&nodes[0]);
+    assert_eq!(first["enabled"], true);
+    assert_eq!(first["node"], "n1");
+
+    // SIGTERM: the node says bye, so the others drop it well before the node timeout.
+    let stopped = nodes.pop().unwrap();
+    let t = Instant::now();
+    stopped.stop();
+    let gone = |n: &Binary, name: &str| !peers(n).iter().any(|p| p == name);
+    assert!(eventually(EVENT_TIMEOUT, || nodes.iter().all(|n| gone(n, "n3"))));
+    eprintln!("n3 gone {:?} after SIGTERM", t.elapsed());
+
+    // SIGKILL: no bye; the node is down once it has been silent for the node timeout.
+    nodes[1].kill();
+    let t = Instant::now();
+    assert!(eventually(EVENT_TIMEOUT, || gone(&nodes[0], "n2")));
+    let took = t.elapsed();
+    eprintln!("n2 down {took:?} after SIGKILL");
+    assert!(took < Duration::from_millis(NODE_TIMEOUT_MS + 2 * HEARTBEAT_MS + 500), "{took:?}");
+
+    // A restarted node is a new incarnation, and is seen again.
+    let incarnation = |n: &Binary| cluster_view(n)["incarnation"].as_u64().unwrap();
+    let back = start_node(&db, "n2");
+    assert!(eventually(EVENT_TIMEOUT, || peers(&nodes[0]) == ["n2"]));
+    assert!(incarnation(&back) > first["incarnation"].as_u64().unwrap());
+}
+
+#[test]
+fn a_rest_write_reaches_the_lobby_of_every_node_once_without_the_relay() {
+    let db = TestDb::new();
+    let nodes = three_nodes(&db);
+    let mut lobbies: Vec<WsClient> =
+        nodes.iter().map(|n| client(n, "superheroes:lobby").0).collect();
+    for c in &mut lobbies {
+        c.expect(|m| m[3] == "hydrate");
+    }
+    let relayed = |n: &Binary| cluster_view(n)["relayed"].as_u64().unwrap();
+    let before: Vec<u64> = nodes.iter().map(relayed).collect();
+    let body = r#"{"superhero":{"name":"Storm","location":"Kenya","power":"Weather"}}"#;
+    let created = nodes[1].request("POST", "/api/superheroes", body);
+    assert_eq!(created.status, 201, "{}", created.text());
+    for c in &mut lobbies {
+        let m = c.expect(|m| m[3] == "create");
+        assert_eq!(m[4]["superhero"]["name"], "Storm", "{m}");
+        no_more(c, "create");
+    }
+    let after: Vec<u64> = nodes.iter().map(relayed).collect();
+    assert_eq!(before, after, "lobby changes travel by each node's own listener, not the relay");
+}
