@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cluster::ClusterConfig;
 use crate::config::Config;
 use crate::http::HttpConfig;
+use crate::presence::ReplicationConfig;
 
 pub const HELP: &str = "\
 phx-threads: a Phoenix Channels server on OS threads
@@ -55,8 +56,9 @@ OPTIONS (environment variable in brackets):
     --cluster-batch-ms N      broadcasts within N ms go out as one NOTIFY
                               [PHX_CLUSTER_BATCH_MS, default 5]
     --cluster-heartbeat-ms N  [PHX_CLUSTER_HEARTBEAT_MS, default 1000]
-    --cluster-node-timeout-ms N   a node silent this long is down; more than the heartbeat
-                              [PHX_CLUSTER_NODE_TIMEOUT_MS, default 3000]
+    --cluster-node-timeout-ms N   a node silent this long is down and its presences
+                              leave; more than the heartbeat
+                              [PHX_CLUSTER_NODE_TIMEOUT_MS, default 1500]
     --cluster-mailbox N       broadcasts waiting for the relay; more are counted and logged,
                               and reach this node only [PHX_CLUSTER_MAILBOX, default 65536]
     -h, --help                this text
@@ -124,6 +126,10 @@ pub fn parse(
     }
     if args.cluster.node_timeout <= args.cluster.heartbeat {
         return Err("--cluster-node-timeout-ms must exceed --cluster-heartbeat-ms".to_string());
+    }
+    if args.cluster.enabled {
+        let (heartbeat, timeout) = (args.cluster.heartbeat, args.cluster.node_timeout);
+        args.ws.presence.replication = Some(ReplicationConfig { heartbeat, timeout });
     }
     Ok(args)
 }

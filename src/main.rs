@@ -112,14 +112,15 @@ fn shutdown(
     cluster: Option<LocalCluster>,
 ) -> Result<(), String> {
     let http_result = http.shutdown().map_err(|e| format!("http shutdown: {e}"));
-    // Says `bye` first, so the other nodes drop this one at once.
-    if let Some(node) = cluster_node {
-        node.stop();
-    }
     if let Some(listener) = listener {
         let _ = listener.shutdown();
     }
     let report = ws.shutdown();
+    // After the sockets: their presences' leaves and the tracker's `bye` are relayed first;
+    // then the relay says `bye` for the node.
+    if let Some(node) = cluster_node {
+        node.stop();
+    }
     drop(cluster);
     http_result?;
     match report.clean {

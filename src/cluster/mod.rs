@@ -45,7 +45,8 @@ pub struct ClusterConfig {
     pub batch_window: Duration,
     /// A node with nothing to send notifies this often anyway.
     pub heartbeat: Duration,
-    /// A node silent for this long is down.
+    /// A node silent for this long is down. 1.5 heartbeats by default, so that a crashed
+    /// node's presences leave the others within two heartbeat periods.
     pub node_timeout: Duration,
     /// Broadcasts waiting for the relay; more are counted as dropped and logged.
     pub mailbox: usize,
@@ -58,7 +59,7 @@ impl Default for ClusterConfig {
             node_name: default_node_name(),
             batch_window: Duration::from_millis(5),
             heartbeat: Duration::from_secs(1),
-            node_timeout: Duration::from_secs(3),
+            node_timeout: Duration::from_millis(1500),
             mailbox: 65_536,
         }
     }

@@ -5,15 +5,17 @@
 
 use std::time::{Duration, Instant};
 
+use postgres::fallible_iterator::FallibleIterator;
 use serde_json::{Value, json};
 
+use crate::presence::Member;
 use crate::supervision::Binary;
 use crate::support::pg::TestDb;
 use crate::support::ws::{Event, WsClient};
 use crate::support::{EVENT_TIMEOUT, eventually, unique_topic};
 
-const HEARTBEAT_MS: u64 = 200;
-const NODE_TIMEOUT_MS: u64 = 600;
+const HEARTBEAT_MS: u64 = 500;
+const NODE_TIMEOUT_MS: u64 = 750;
 
 fn start_node(db: &TestDb, name: &str) -> Binary {
     let (heartbeat, timeout) = (HEARTBEAT_MS.to_string(), NODE_TIMEOUT_MS.to_string());
@@ -151,8 +153,9 @@ fn a_rest_write_reaches_the_lobby_of_every_node_once_without_the_relay() {
     for c in &mut lobbies {
         c.expect(|m| m[3] == "hydrate");
     }
-    let relayed = |n: &Binary| cluster_view(n)["relayed"].as_u64().unwrap();
-    let before: Vec<u64> = nodes.iter().map(relayed).collect();
+    // Everything the nodes say to each other, as PostgreSQL delivers it.
+    let mut wire = db.client();
+    wire.batch_execute("LISTEN phx_cluster").unwrap();
     let body = r#"{"superhero":{"name":"Storm","location":"Kenya","power":"Weather"}}"#;
     let created = nodes[1].request("POST", "/api/superheroes", body);
     assert_eq!(created.status, 201, "{}", created.text());
@@ -161,6 +164,58 @@ fn a_rest_write_reaches_the_lobby_of_every_node_once_without_the_relay() {
         assert_eq!(m[4]["superhero"]["name"], "Storm", "{m}");
         no_more(c, "create");
     }
-    let after: Vec<u64> = nodes.iter().map(relayed).collect();
-    assert_eq!(before, after, "lobby changes travel by each node's own listener, not the relay");
+    let mut heard = 0;
+    {
+        let mut notifications = wire.notifications();
+        // Bounded: the nodes never fall silent (heartbeats), so read for a fixed span.
+        let deadline = Instant::now() + Duration::from_millis(2 * HEARTBEAT_MS);
+        let mut it = notifications.timeout_iter(Duration::from_millis(HEARTBEAT_MS / 4));
+        while Instant::now() < deadline {
+            let Some(n) = it.next().unwrap() else { continue };
+            heard += 1;
+            assert!(
+                !n.payload().contains("Storm"),
+                "relay carried a lobby change: {}",
+                n.payload()
+            );
+        }
+    }
+    assert!(heard > 0, "the nodes were heard on phx_cluster (heartbeats, presence)");
+    let stored: i64 = wire
+        .query_one("SELECT count(*) FROM cluster_messages WHERE body LIKE '%Storm%'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "lobby changes travel by each node's own listener, not the relay");
+}
+
+#[test]
+fn presence_lists_agree_on_every_node_and_a_killed_node_leaves_within_two_heartbeats() {
+    let db = TestDb::new();
+    let mut nodes = three_nodes(&db);
+    let topic = unique_topic("room:cluster-presence");
+    let mut members: Vec<Member> =
+        (0..3).map(|i| Member::join_at(nodes[i].ws, &format!("u{i}"), &topic, json!({}))).collect();
+    for m in &mut members {
+        m.until_keys(&["u0", "u1", "u2"]);
+    }
+    // A member that joins now gets everyone in its first state or the diffs right after.
+    let mut late = Member::join_at(nodes[1].ws, "u3", &topic, json!({}));
+    late.until_keys(&["u0", "u1", "u2", "u3"]);
+    members[0].until_keys(&["u0", "u1", "u2", "u3"]);
+
+    nodes[2].kill();
+    let t = Instant::now();
+    members[0].until_keys(&["u0", "u1", "u3"]);
+    late.until_keys(&["u0", "u1", "u3"]);
+    let took = t.elapsed();
+    eprintln!("u2's presence left {took:?} after its node's SIGKILL");
+    // Two heartbeat periods, plus the diff window and scheduling on a shared 2-core machine.
+    assert!(took < Duration::from_millis(2 * HEARTBEAT_MS + 250), "{took:?}");
+
+    // An orderly stop: its members leave at once (no timeout to wait for).
+    let stopped = nodes.remove(1);
+    let t = Instant::now();
+    stopped.stop();
+    members[0].until_keys(&["u0"]);
+    eprintln!("the stopped node's members left {:?} after SIGTERM", t.elapsed());
 }
