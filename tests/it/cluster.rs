@@ -2,6 +2,9 @@
 //! PostgreSQL with `--cluster`: broadcasts reach every node exactly once and in order, big
 //! ones through `cluster_messages`, membership follows starts, `bye` and SIGKILL, and the
 //! superheroes lobby hears a REST write once on every node without the cluster relaying it.
+//! `broadcast_from` and socket-id `disconnect` need a test channel and connect callback, so
+//! those run on two in-process servers, each joined to the cluster by the same
+//! `Cluster::start` the binary calls.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,9 @@ use crate::presence::Member;
 use crate::supervision::Binary;
 use crate::support::pg::TestDb;
 use crate::support::ws::{Event, WsClient};
-use crate::support::{EVENT_TIMEOUT, eventually, unique_topic};
+use crate::support::{EVENT_TIMEOUT, TestServer, eventually, test_config, unique_topic};
+use phx_threads::cluster::{Cluster, ClusterConfig};
+use std::sync::Arc;
 
 const HEARTBEAT_MS: u64 = 500;
 const NODE_TIMEOUT_MS: u64 = 750;
@@ -218,4 +223,59 @@ fn presence_lists_agree_on_every_node_and_a_killed_node_leaves_within_two_heartb
     stopped.stop();
     members[0].until_keys(&["u0"]);
     eprintln!("the stopped node's members left {:?} after SIGTERM", t.elapsed());
+}
+
+/// An in-process node: the test channel at `test:*`, socket ids `users_socket:<user>`.
+fn in_process_node(db: &TestDb, name: &str) -> (TestServer, Cluster) {
+    let connect: phx_threads::ConnectFn = Arc::new(|info: &phx_threads::ConnectInfo| {
+        let id = info.params.get("user").map(|u| format!("users_socket:{u}"));
+        Ok(phx_threads::Connected { assigns: Default::default(), id })
+    });
+    let server = TestServer::with(test_config(), crate::channels::test_router().0, connect);
+    let config = ClusterConfig {
+        enabled: true,
+        node_name: name.to_string(),
+        heartbeat: Duration::from_millis(HEARTBEAT_MS),
+        node_timeout: Duration::from_millis(NODE_TIMEOUT_MS),
+        ..ClusterConfig::default()
+    };
+    let cluster = Cluster::start(config, &db.url, &server.handle().pubsub()).expect("joins");
+    (server, cluster)
+}
+
+fn in_process_pair(db: &TestDb) -> [(TestServer, Cluster); 2] {
+    let pair = [in_process_node(db, "a"), in_process_node(db, "b")];
+    for (_, cluster) in &pair {
+        assert!(eventually(EVENT_TIMEOUT, || cluster.view().status().nodes.len() == 1));
+    }
+    pair
+}
+
+#[test]
+fn broadcast_from_excludes_only_the_sender_across_nodes() {
+    let db = TestDb::new();
+    let [(a, _ca), (b, _cb)] = in_process_pair(&db);
+    let topic = unique_topic("test:cluster");
+    let (mut sender, mut local, mut remote) = (a.client(), a.client(), b.client());
+    let sender_jr = sender.join_ok(&topic);
+    local.join_ok(&topic);
+    remote.join_ok(&topic);
+    let reply = sender.call(Some(&sender_jr), &topic, "shout", json!({"n": 1}));
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(local.expect(|m| m[3] == "shout")[4], json!({"n": 1}));
+    assert_eq!(remote.expect(|m| m[3] == "shout")[4], json!({"n": 1}));
+    no_more(&mut sender, "shout");
+}
+
+#[test]
+fn a_disconnect_on_one_node_closes_the_socket_on_another() {
+    let db = TestDb::new();
+    let [(a, _ca), (b, _cb)] = in_process_pair(&db);
+    let mut ann = WsClient::connect(b.addr(), "vsn=2.0.0&user=ann").unwrap();
+    let mut bob = WsClient::connect(b.addr(), "vsn=2.0.0&user=bob").unwrap();
+    ann.heartbeat();
+    let pubsub = a.handle().pubsub();
+    pubsub.broadcast("users_socket:ann", "disconnect", json!({}).into()).unwrap();
+    assert_eq!(ann.expect_close(EVENT_TIMEOUT), Some(1001));
+    bob.heartbeat();
 }
