@@ -22,11 +22,11 @@ use std::sync::Arc;
 const HEARTBEAT_MS: u64 = 500;
 const NODE_TIMEOUT_MS: u64 = 750;
 
-fn start_node(db: &TestDb, name: &str) -> Binary {
+fn start_node(url: &str, name: &str) -> Binary {
     let (heartbeat, timeout) = (HEARTBEAT_MS.to_string(), NODE_TIMEOUT_MS.to_string());
     let args = [
         "--database-url",
-        &db.url,
+        url,
         "--cluster",
         "--node-name",
         name,
@@ -52,11 +52,20 @@ fn peers(node: &Binary) -> Vec<String> {
 
 /// Three nodes that all see the other two.
 fn three_nodes(db: &TestDb) -> Vec<Binary> {
-    let nodes: Vec<Binary> = ["n1", "n2", "n3"].iter().map(|n| start_node(db, n)).collect();
-    for node in &nodes {
-        assert!(eventually(EVENT_TIMEOUT, || peers(node).len() == 2), "{:?}", peers(node));
-    }
+    three_nodes_on(&db.url)
+}
+
+fn three_nodes_on(url: &str) -> Vec<Binary> {
+    let nodes: Vec<Binary> = ["n1", "n2", "n3"].iter().map(|n| start_node(url, n)).collect();
+    all_see_each_other(&nodes);
     nodes
+}
+
+fn all_see_each_other(nodes: &[Binary]) {
+    for node in nodes {
+        let others = nodes.len() - 1;
+        assert!(eventually(EVENT_TIMEOUT, || peers(node).len() == others), "{:?}", peers(node));
+    }
 }
 
 /// A client joined to `topic` on `node`, and its join ref.
@@ -144,7 +153,7 @@ fn membership_follows_an_orderly_stop_and_a_sigkill() {
 
     // A restarted node is a new incarnation, and is seen again.
     let incarnation = |n: &Binary| cluster_view(n)["incarnation"].as_u64().unwrap();
-    let back = start_node(&db, "n2");
+    let back = start_node(&db.url, "n2");
     assert!(eventually(EVENT_TIMEOUT, || peers(&nodes[0]) == ["n2"]));
     assert!(incarnation(&back) > first["incarnation"].as_u64().unwrap());
 }
@@ -278,4 +287,63 @@ fn a_disconnect_on_one_node_closes_the_socket_on_another() {
     pubsub.broadcast("users_socket:ann", "disconnect", json!({}).into()).unwrap();
     assert_eq!(ann.expect_close(EVENT_TIMEOUT), Some(1001));
     bob.heartbeat();
+}
+
+/// Pushes `new_msg` bodies `tag-k` for each `k` in `range` from `c`, each acknowledged.
+fn say(c: &mut WsClient, join_ref: &str, topic: &str, tag: &str, range: std::ops::Range<usize>) {
+    for k in range {
+        let reply =
+            c.call(Some(join_ref), topic, "new_msg", json!({ "body": format!("{tag}-{k}") }));
+        assert_eq!(reply["status"], "ok", "{reply}");
+    }
+}
+
+#[test]
+fn a_postgres_restart_mid_loop_ends_with_later_broadcasts_delivered_and_presence_agreeing() {
+    let mut pg = crate::support::pg::private_cluster();
+    pg.create_database("cluster_restart").unwrap();
+    let nodes = three_nodes_on(&pg.url("cluster_restart"));
+    let topic = unique_topic("room:cluster-restart");
+    let users = ["u0", "u1", "u2"];
+    let mut members: Vec<Member> =
+        (0..3).map(|i| Member::join_at(nodes[i].ws, users[i], &topic, json!({}))).collect();
+    for m in &mut members {
+        m.until_keys(&users);
+    }
+    let (mut speaker, speaker_jr) = client(&nodes[0], &topic);
+    let mut listeners: Vec<WsClient> = nodes[1..].iter().map(|n| client(n, &topic).0).collect();
+
+    say(&mut speaker, &speaker_jr, &topic, "before", 0..10);
+    pg.stop().unwrap();
+    // Local delivery never stops, with the database down.
+    say(&mut speaker, &speaker_jr, &topic, "during", 0..10);
+    assert_eq!(bodies(&mut speaker, "new_msg", 20).len(), 20);
+    pg.start_server().unwrap();
+    // Every listener is back once each node hears the others again (a reconnected listener
+    // forgets who was up).
+    all_see_each_other(&nodes);
+    say(&mut speaker, &speaker_jr, &topic, "after", 0..20);
+
+    let after: Vec<String> = (0..20).map(|k| format!("after-{k}")).collect();
+    for c in &mut listeners {
+        let (mut before, mut during, mut later) = (Vec::new(), 0, Vec::new());
+        while later.len() < after.len() {
+            let body = c.expect(|m| m[3] == "new_msg")[4]["body"].as_str().unwrap().to_string();
+            match body.split('-').next() {
+                Some("before") => before.push(body),
+                Some("during") => during += 1,
+                _ => later.push(body),
+            }
+        }
+        let expected: Vec<String> = (0..10).map(|k| format!("before-{k}")).collect();
+        assert_eq!(before, expected, "the broadcasts before the restart");
+        assert_eq!(later, after, "every broadcast after the restart, once and in order");
+        eprintln!("{during} of the 10 broadcasts sent while PostgreSQL was down arrived");
+        no_more(c, "new_msg");
+    }
+    for m in &mut members {
+        m.until_keys(&users);
+    }
+    let missed: u64 = nodes.iter().map(|n| cluster_view(n)["missed"].as_u64().unwrap()).sum();
+    eprintln!("notifications known lost during the restart: {missed}");
 }
