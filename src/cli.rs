@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cluster::ClusterConfig;
 use crate::config::Config;
 use crate::http::HttpConfig;
+use crate::presence::ReplicationConfig;
 
 pub const HELP: &str = "\
 phx-threads: a Phoenix Channels server on OS threads
@@ -57,6 +59,17 @@ OPTIONS (environment variable in brackets):
     --admin-token TOKEN       lets a client join admin:stats (the /dashboard) with the
                               connect param admin_token; without it only loopback clients
                               not behind a proxy may [PHX_ADMIN_TOKEN]
+    --cluster                 join the other nodes on the same database: broadcasts reach
+                              every node (LISTEN/NOTIFY) [PHX_CLUSTER=1]
+    --node-name NAME          unique per node [PHX_NODE_NAME, default <host>-<pid>]
+    --cluster-batch-ms N      broadcasts within N ms go out as one NOTIFY
+                              [PHX_CLUSTER_BATCH_MS, default 5]
+    --cluster-heartbeat-ms N  [PHX_CLUSTER_HEARTBEAT_MS, default 1000]
+    --cluster-node-timeout-ms N   a node silent this long is down and its presences
+                              leave; more than the heartbeat
+                              [PHX_CLUSTER_NODE_TIMEOUT_MS, default 1500]
+    --cluster-mailbox N       broadcasts waiting for the relay; more are counted and logged,
+                              and reach this node only [PHX_CLUSTER_MAILBOX, default 65536]
     -h, --help                this text
 
 Log level: RUST_LOG=error|warn|info|debug|trace (default info).";
@@ -89,6 +102,7 @@ pub struct Args {
     pub log_format: crate::logger::Format,
     pub log_closes: log::Level,
     pub admin_token: Option<String>,
+    pub cluster: ClusterConfig,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -121,8 +135,19 @@ pub fn parse(
             args.no_database = true;
             continue;
         }
+        if flag == "--cluster" {
+            args.cluster.enabled = true;
+            continue;
+        }
         let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
         apply(&mut args, &flag, &value)?;
+    }
+    if args.cluster.node_timeout <= args.cluster.heartbeat {
+        return Err("--cluster-node-timeout-ms must exceed --cluster-heartbeat-ms".to_string());
+    }
+    if args.cluster.enabled {
+        let (heartbeat, timeout) = (args.cluster.heartbeat, args.cluster.node_timeout);
+        args.ws.presence.replication = Some(ReplicationConfig { heartbeat, timeout });
     }
     Ok(args)
 }
@@ -144,6 +169,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         log_format: crate::logger::Format::Text,
         log_closes: log::Level::Debug,
         admin_token: None,
+        cluster: ClusterConfig::default(),
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -170,6 +196,12 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_LOG_FORMAT", "--log-format"),
         ("PHX_LOG_CLOSES", "--log-closes"),
         ("PHX_ADMIN_TOKEN", "--admin-token"),
+        ("PHX_CLUSTER", "--cluster"),
+        ("PHX_NODE_NAME", "--node-name"),
+        ("PHX_CLUSTER_BATCH_MS", "--cluster-batch-ms"),
+        ("PHX_CLUSTER_HEARTBEAT_MS", "--cluster-heartbeat-ms"),
+        ("PHX_CLUSTER_NODE_TIMEOUT_MS", "--cluster-node-timeout-ms"),
+        ("PHX_CLUSTER_MAILBOX", "--cluster-mailbox"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -214,6 +246,36 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--presence-max-metas-per-key" => args.ws.presence.max_metas_per_key = number()?,
         "--presence-max-per-topic" => args.ws.presence.max_per_topic = number()?,
         "--log-format" | "--log-closes" | "--admin-token" => apply_ops(args, flag, value)?,
+        flag if flag.starts_with("--cluster") || flag == "--node-name" => {
+            apply_cluster(&mut args.cluster, flag, value)?
+        }
+        _ => return Err(format!("unknown option {flag} (see --help)")),
+    }
+    Ok(())
+}
+
+/// The cluster's options (`ClusterConfig`); `--cluster` takes a value only from PHX_CLUSTER.
+fn apply_cluster(c: &mut ClusterConfig, flag: &str, value: &str) -> Result<(), String> {
+    let number = || match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag}: not a positive number: {value}")),
+    };
+    match flag {
+        "--cluster" => {
+            c.enabled = match value {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(format!("{flag}: expected 1 or 0, got {value}")),
+            }
+        }
+        "--node-name" if value.is_empty() || value.len() > 200 => {
+            return Err(format!("{flag}: 1 to 200 bytes"));
+        }
+        "--node-name" => c.node_name = value.to_string(),
+        "--cluster-batch-ms" => c.batch_window = millis(number()?),
+        "--cluster-heartbeat-ms" => c.heartbeat = millis(number()?),
+        "--cluster-node-timeout-ms" => c.node_timeout = millis(number()?),
+        "--cluster-mailbox" => c.mailbox = number()?,
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())
@@ -307,5 +369,26 @@ mod tests {
         let bad = parse_with(&["--log-format", "xml"], &[]).unwrap_err();
         assert_eq!(bad, "--log-format: not a log format: xml (text or json)");
         assert!(parse_with(&["--log-closes", "loud"], &[]).is_err());
+    }
+
+    #[test]
+    fn cluster_options() {
+        let args = parse_with(
+            &["--cluster", "--node-name", "n1", "--cluster-heartbeat-ms", "200"],
+            &[("PHX_CLUSTER_NODE_TIMEOUT_MS", "500"), ("PHX_CLUSTER_BATCH_MS", "2")],
+        )
+        .unwrap();
+        assert!(args.cluster.enabled);
+        assert_eq!(args.cluster.node_name, "n1");
+        assert_eq!(args.cluster.heartbeat, Duration::from_millis(200));
+        assert_eq!(args.cluster.node_timeout, Duration::from_millis(500));
+        assert_eq!(args.cluster.batch_window, Duration::from_millis(2));
+        assert!(parse_with(&[], &[("PHX_CLUSTER", "1")]).unwrap().cluster.enabled);
+        assert!(!parse_with(&[], &[]).unwrap().cluster.enabled);
+        assert!(parse_with(&[], &[("PHX_CLUSTER", "maybe")]).unwrap_err().contains("1 or 0"));
+        assert!(
+            parse_with(&["--cluster-heartbeat-ms", "5000"], &[]).unwrap_err().contains("exceed")
+        );
+        assert!(parse_with(&["--cluster-mailbox", "0"], &[]).unwrap_err().contains("positive"));
     }
 }

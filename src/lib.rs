@@ -14,6 +14,7 @@ pub mod process;
 pub mod protocol;
 
 pub mod channel;
+pub mod cluster;
 pub mod http;
 pub mod presence;
 pub mod pubsub;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use phx_threads::app::{self, admin_channel, lobby::Lobby, superheroes_channel};
 use phx_threads::cli::{self, Args, Command};
+use phx_threads::cluster::Cluster;
 use phx_threads::http::{self, HttpConfig, HttpDeps};
 use phx_threads::store::{self, Store, cluster::LocalCluster, listener};
 use phx_threads::{doctor, logger, server};
@@ -90,7 +91,9 @@ fn serve(args: Args) -> Result<(), String> {
         body_timeout: args.http_body_timeout,
         ..HttpConfig::default()
     };
-    let http = http::start(http_config, HttpDeps { store })
+    let cluster_node = start_cluster(&args, store.as_ref(), &ws.pubsub())?;
+    let deps = HttpDeps { store, cluster: cluster_node.as_ref().map(Cluster::view) };
+    let http = http::start(http_config, deps)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
     // Not println!: with stdout closed (a reader that went away) it would panic the server.
     use std::io::Write;
@@ -102,7 +105,22 @@ fn serve(args: Args) -> Result<(), String> {
         log::info!("signal {signal}: shutting down");
     }
     drop(stats);
-    shutdown(http, listener, ws, cluster)
+    shutdown(http, listener, cluster_node, ws, cluster)
+}
+
+/// With `--cluster`: joins the other nodes on the same database.
+fn start_cluster(
+    args: &Args,
+    store: Option<&Store>,
+    pubsub: &phx_threads::pubsub::PubSub,
+) -> Result<Option<Cluster>, String> {
+    match (args.cluster.enabled, store) {
+        (false, _) => Ok(None),
+        (true, None) => Err("--cluster needs a database (not --no-database)".to_string()),
+        (true, Some(store)) => Cluster::start(args.cluster.clone(), &store.config().url, pubsub)
+            .map(Some)
+            .map_err(|e| format!("cluster: {e}")),
+    }
 }
 
 /// Reverse start order: no new requests, no new change events, close every socket (1012),
@@ -110,6 +128,7 @@ fn serve(args: Args) -> Result<(), String> {
 fn shutdown(
     http: http::HttpHandle,
     listener: Option<listener::ListenerHandle>,
+    cluster_node: Option<Cluster>,
     ws: server::ServerHandle,
     cluster: Option<LocalCluster>,
 ) -> Result<(), String> {
@@ -118,6 +137,11 @@ fn shutdown(
         let _ = listener.shutdown();
     }
     let report = ws.shutdown();
+    // After the sockets: their presences' leaves and the tracker's `bye` are relayed first;
+    // then the relay says `bye` for the node.
+    if let Some(node) = cluster_node {
+        node.stop();
+    }
     drop(cluster);
     http_result?;
     match report.clean {

@@ -18,7 +18,8 @@ use serde_json::{Map, Value, json};
 
 use crate::protocol::{Outgoing, Payload};
 use crate::pubsub::{
-    Broadcast, PubSub, PubSubError, Shared, SharedPush, SubId, Subscriber, Target,
+    Broadcast, Inbound, Inbox, PubSub, PubSubError, Refused, Shared, SharedPush, SubId, Subscriber,
+    Target,
 };
 use crate::socket::conn::{Chunk, ConnHandle};
 
@@ -157,6 +158,30 @@ pub(crate) enum Msg {
     Stop(server::Stop),
 }
 
+impl From<Inbound> for Msg {
+    fn from(msg: Inbound) -> Msg {
+        match msg {
+            Inbound::Broadcast(b) => Msg::Broadcast(b),
+            Inbound::Shared(s) => Msg::Shared(s),
+            Inbound::Lagged(lag) => Msg::Lagged(lag),
+        }
+    }
+}
+
+/// The registry delivers to a channel through its mailbox.
+impl Inbox for MailboxSender<Msg> {
+    fn try_deliver(&self, msg: Inbound) -> Result<(), Refused> {
+        self.try_send(msg.into()).map_err(|e| match e {
+            TrySendError::Full(_) => Refused::Full,
+            TrySendError::Disconnected(_) => Refused::Gone,
+        })
+    }
+
+    fn force_deliver(&self, msg: Inbound) -> bool {
+        self.force_send(msg.into())
+    }
+}
+
 /// Sends `Info::Message`s to one channel process from any thread.
 #[derive(Clone)]
 pub struct ChannelSender(MailboxSender<Msg>);
@@ -251,8 +276,8 @@ impl ChannelCtx {
         if self.extra_topics.iter().any(|t| t == topic) || topic == self.topic {
             return Ok(());
         }
-        let target =
-            Target::Channel { tx: self.self_tx.clone(), fastlane: None, intercepts: Arc::from([]) };
+        let tx = Box::new(self.self_tx.clone());
+        let target = Target::Channel { tx, fastlane: None, intercepts: Arc::from([]) };
         self.pubsub.subscribe_target(topic, Subscriber { id: self.sub_id, target })?;
         self.extra_topics.push(topic.to_string());
         Ok(())

@@ -191,8 +191,8 @@ fn run(req: JoinRequest, mb: Mailboxes) {
 
 fn subscribe_own_topic(ctx: &ChannelCtx, channel: &dyn Channel) -> bool {
     let target = Target::Channel {
-        tx: ctx.self_tx.clone(),
-        fastlane: Some(ctx.conn.clone()),
+        tx: Box::new(ctx.self_tx.clone()),
+        fastlane: Some(Box::new(ctx.conn.clone())),
         intercepts: Arc::from(channel.intercepts()),
     };
     let sub = Subscriber { id: ctx.sub_id, target };

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::cluster::ClusterView;
 use crate::http::api::{ApiError, ApiRequest, ApiResponse, Body, Method};
 use crate::http::handlers::Ctx;
 use crate::http::router::Decision;
@@ -88,6 +89,8 @@ impl Default for HttpConfig {
 pub struct HttpDeps {
     /// `None` (`--no-database`): the API answers 503.
     pub store: Option<Store>,
+    /// `None` without `--cluster`: `/cluster` shows this node alone.
+    pub cluster: Option<ClusterView>,
 }
 
 /// The running server. `shutdown` (or drop) stops and joins the workers.
@@ -119,7 +122,7 @@ pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
         .map_err(|e| Error::Bind(std::io::Error::other(e.to_string())))?;
     let server = Arc::new(server);
     let n_workers = config.n_workers.max(1);
-    let ctx = Arc::new(Ctx { config, store: deps.store });
+    let ctx = Arc::new(Ctx { config, store: deps.store, cluster: deps.cluster });
     // Nobody sends on this channel: each worker holds a sender, and disconnection means
     // every worker has exited.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);

@@ -36,6 +36,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::Patch, "/api/superheroes/{id}", handlers::superheroes::update),
     route(Method::Delete, "/api/superheroes/{id}", handlers::superheroes::delete),
     route(Method::Get, "/healthz", handlers::meta::healthz),
+    route(Method::Get, "/cluster", handlers::cluster::show),
     route(Method::Get, "/config.json", handlers::meta::config_json),
     route(Method::Get, "/", handlers::assets::index),
     route(Method::Get, "/metrics", handlers::metrics::scrape),

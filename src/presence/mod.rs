@@ -12,6 +12,7 @@
 //! to one client, `presence_diff` `{"joins": {...}, "leaves": {...}}` broadcast on the topic;
 //! every meta carries a unique `phx_ref`.
 
+pub mod replication;
 pub mod state;
 mod tracker;
 
@@ -28,9 +29,14 @@ use crate::channel::ChannelCtx;
 use crate::process;
 use crate::protocol::Payload;
 use crate::pubsub::PubSub;
+pub use replication::ReplicationConfig;
 pub use state::{Limits, PresenceError};
 use state::{Owner, State};
-use tracker::{Msg, Tracker};
+use tracker::{Msg, Replicator, Tracker};
+
+/// Replication messages of other nodes waiting for the tracker; past it they are counted and
+/// the tracker asks every node for its whole state.
+const REPLICATION_MAILBOX: usize = 16_384;
 
 /// A change of one key by one owner: `State::track` or `State::update`.
 type Op =
@@ -60,6 +66,8 @@ pub struct PresenceConfig {
     pub max_metas_per_key: usize,
     /// Presences on one topic (100,000).
     pub max_per_topic: usize,
+    /// With `--cluster`: replicate to the other nodes' trackers (`replication.rs`).
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl Default for PresenceConfig {
@@ -72,6 +80,7 @@ impl Default for PresenceConfig {
             max_meta_bytes: 1024,
             max_metas_per_key: 64,
             max_per_topic: 100_000,
+            replication: None,
         }
     }
 }
@@ -168,7 +177,14 @@ impl Presence {
             max_per_topic: config.max_per_topic,
         };
         let state = State::new(replica_id().into(), limits);
-        let tracker = Tracker::new(state, (config.window, config.max_window), pubsub);
+        let replicator = match config.replication {
+            Some(r) => Some(
+                Replicator::start(r, &pubsub, REPLICATION_MAILBOX)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let tracker = Tracker::new(state, (config.window, config.max_window), pubsub, replicator);
         let (tx, rx) = unbounded();
         let (alive, done) = bounded::<()>(0);
         let thread = process::spawn("presence".into(), 256 * 1024, move || {

@@ -55,6 +55,24 @@ impl Context {
         self.compact();
     }
 
+    /// The version vector and the cloud, for the wire (`replication.rs`).
+    pub fn parts(&self) -> (&BTreeMap<Replica, u64>, &BTreeSet<Dot>) {
+        (&self.vv, &self.cloud)
+    }
+
+    pub fn from_parts(vv: BTreeMap<Replica, u64>, cloud: BTreeSet<Dot>) -> Context {
+        let mut context = Context { vv, cloud };
+        context.compact();
+        context
+    }
+
+    /// Forgets everything seen of `replica`, so that its state is taken whole if it ever
+    /// speaks again.
+    fn forget(&mut self, replica: &str) {
+        self.vv.remove(replica);
+        self.cloud.retain(|d| &*d.replica != replica);
+    }
+
     /// Moves cloud dots that extend a replica's contiguous range into the version vector.
     fn compact(&mut self) {
         let cloud = std::mem::take(&mut self.cloud);
@@ -269,6 +287,30 @@ impl State {
         changes.leaves.extend(removed.iter().map(|dot| self.remove(dot)));
         self.context.merge(&remote.context);
         changes
+    }
+
+    /// Drops every presence of `replica` (its node is down) without recording a remove in the
+    /// delta: each node notices a dead node by itself. The replica is forgotten, so if it was
+    /// only unreachable, its next full state is taken whole.
+    pub fn remove_replica(&mut self, replica: &str) -> Changes {
+        let dots: Vec<Dot> =
+            self.values.keys().filter(|d| &*d.replica == replica).cloned().collect();
+        let mut leaves = Vec::with_capacity(dots.len());
+        for dot in dots {
+            let presence = self.values.remove(&dot).expect("a held dot");
+            self.unindex(&dot, &presence);
+            leaves.push(presence);
+        }
+        self.context.forget(replica);
+        Changes { joins: Vec::new(), leaves }
+    }
+
+    /// A digest of what this state holds of `replica`: the last clock seen of it, and how
+    /// many of its presences are held. Two nodes that agree on both hold the same presences
+    /// of that replica (adds are ordered by clock; a remove lowers the count).
+    pub fn digest(&self, replica: &str) -> (u64, usize) {
+        let clock = self.context.vv.get(replica).copied().unwrap_or(0);
+        (clock, self.values.keys().filter(|d| &*d.replica == replica).count())
     }
 
     fn find(&self, owner: Owner, topic: &str, key: &str) -> Option<Dot> {

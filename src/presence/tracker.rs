@@ -18,11 +18,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvError};
+use serde::Deserialize;
 
+use super::replication::{Message, Peers, REPLICATION_TOPIC, ReplicationConfig, WireDelta};
 use super::state::{Changes, Presence, State};
 use crate::protocol::{JsonText, Payload};
-use crate::pubsub::PubSub;
+use crate::pubsub::{Broadcast, PubSub, Subscription};
 
 pub(crate) type Call = Box<dyn FnOnce(&mut Tracker) + Send>;
 
@@ -70,12 +72,39 @@ pub(crate) struct Tracker {
     window: Duration,
     max_window: Duration,
     pubsub: PubSub,
+    replication: Option<Replicator>,
+}
+
+/// The tracker's side of a cluster (`replication.rs`).
+pub(crate) struct Replicator {
+    config: ReplicationConfig,
+    sub: Subscription,
+    peers: Peers,
+    next_heartbeat: Instant,
+}
+
+impl Replicator {
+    /// Subscribes to the other trackers' messages (mailbox of `capacity`).
+    pub fn start(
+        config: ReplicationConfig,
+        pubsub: &PubSub,
+        capacity: usize,
+    ) -> Result<Replicator, crate::pubsub::PubSubError> {
+        let sub = pubsub.subscribe(REPLICATION_TOPIC, capacity)?;
+        Ok(Replicator { config, sub, peers: Peers::default(), next_heartbeat: Instant::now() })
+    }
 }
 
 impl Tracker {
-    pub fn new(state: State, windows: (Duration, Duration), pubsub: PubSub) -> Tracker {
+    pub fn new(
+        state: State,
+        windows: (Duration, Duration),
+        pubsub: PubSub,
+        replication: Option<Replicator>,
+    ) -> Tracker {
         let (window, max_window) = windows;
-        Tracker { state, topics: HashMap::new(), due: BTreeSet::new(), window, max_window, pubsub }
+        let (topics, due) = (HashMap::new(), BTreeSet::new());
+        Tracker { state, topics, due, window, max_window, pubsub, replication }
     }
 
     /// Queues `changes` for the diffs of their topics.
@@ -110,8 +139,18 @@ impl Tracker {
         view.window.get_or_insert_with(Window::default)
     }
 
-    fn next_due(&self) -> Option<Instant> {
-        self.due.first().map(|(at, _)| *at)
+    /// When the loop must wake: the first window to end, or the next heartbeat.
+    fn next_wake(&self) -> Instant {
+        // A quarter heartbeat at most between checks, so a silent peer is noticed soon after
+        // its timeout.
+        let check = |r: &Replicator| r.next_heartbeat.min(Instant::now() + r.config.heartbeat / 4);
+        let heartbeat = self.replication.as_ref().map(check);
+        let window = self.due.first().map(|(at, _)| *at);
+        [heartbeat, window]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
 
     /// Sends the diffs of every window that has ended by `now`.
@@ -133,7 +172,9 @@ impl Tracker {
             return self.forget_if_empty(&topic);
         }
         let diff = diff_payload(&window);
-        if let Err(e) = self.pubsub.broadcast(&topic, "presence_diff", Payload::JsonText(diff)) {
+        if let Err(e) =
+            self.pubsub.local_broadcast(&topic, "presence_diff", Payload::JsonText(diff))
+        {
             // Keep the changes and try again a window later: a lost diff would leave every
             // member of the topic with a wrong list until it rejoins.
             log::error!("presence_diff on {topic} not sent ({e}); retrying");
@@ -165,33 +206,160 @@ impl Tracker {
     }
 }
 
-/// The tracker's loop: calls and exit notices, and the diffs of the windows that end.
-/// Bounded by `Msg::Stop` (or every sender gone).
+/// The tracker's loop: calls and exit notices, the other nodes' replication messages, and
+/// the diffs of the windows that end. Bounded by `Msg::Stop` (or every sender gone).
 pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
+    let remote =
+        tracker.replication.as_ref().map_or_else(crossbeam_channel::never, |r| r.sub.rx.clone());
     loop {
-        let wait = tracker
-            .next_due()
-            .map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Call(call)) => {
-                // A bug in one call must not take presence down for the whole server: the
-                // caller sees its reply channel close (`Unavailable`), the tracker goes on.
-                let run = std::panic::AssertUnwindSafe(|| call(&mut tracker));
-                if let Err(panic) = std::panic::catch_unwind(run) {
-                    log::error!(
-                        "presence call panicked: {}",
-                        crate::process::panic_message(&*panic)
-                    );
+        let wait = tracker.next_wake().saturating_duration_since(Instant::now());
+        crossbeam_channel::select! {
+            recv(rx) -> msg => if !handle(&mut tracker, msg) {
+                return tracker.say_bye();
+            },
+            recv(remote) -> b => if let Ok(b) = b { tracker.receive(&b) },
+            default(wait) => {}
+        }
+        let now = Instant::now();
+        tracker.flush_due(now);
+        tracker.replicate(now);
+    }
+}
+
+/// One mailbox message; false to stop.
+fn handle(tracker: &mut Tracker, msg: Result<Msg, RecvError>) -> bool {
+    match msg {
+        Ok(Msg::Call(call)) => {
+            // A bug in one call must not take presence down for the whole server: the
+            // caller sees its reply channel close (`Unavailable`), the tracker goes on.
+            let run = std::panic::AssertUnwindSafe(|| call(tracker));
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                log::error!("presence call panicked: {}", crate::process::panic_message(&*panic));
+            }
+            true
+        }
+        Ok(Msg::Exited(owner)) => {
+            let changes = tracker.state.untrack_owner(owner);
+            tracker.record(changes);
+            true
+        }
+        Ok(Msg::Stop) | Err(RecvError) => false,
+    }
+}
+
+impl Tracker {
+    fn replica(&self) -> String {
+        self.state.replica().to_string()
+    }
+
+    /// Sends what changed, the heartbeat when due, and drops the peers gone silent.
+    fn replicate(&mut self, now: Instant) {
+        let Some(r) = self.replication.as_mut() else { return };
+        let (heartbeat, timeout) = (r.config.heartbeat, r.config.timeout);
+        let beat = now >= r.next_heartbeat;
+        if beat {
+            r.next_heartbeat = now + heartbeat;
+        }
+        let down = r.peers.expire(now, timeout);
+        let missed = r.sub.take_dropped();
+        let delta = WireDelta::from(&self.state.take_delta());
+        if !delta.is_empty() {
+            self.send(&Message::Delta { from: self.replica(), delta });
+        }
+        if beat {
+            let (clock, held) = self.state.digest(self.state.replica());
+            self.send(&Message::Heartbeat { from: self.replica(), clock, held });
+        }
+        for replica in down {
+            log::warn!("presence: replica {replica} silent for {timeout:?}; its presences leave");
+            let changes = self.state.remove_replica(&replica);
+            self.record(changes);
+        }
+        if missed > 0 {
+            log::warn!(
+                "presence: missed {missed} replication messages; asking every node for its state"
+            );
+            self.send(&Message::Want { from: self.replica(), to: "*".into() });
+        }
+    }
+
+    /// One message of another node's tracker (our own come back too, and are skipped).
+    fn receive(&mut self, b: &Broadcast) {
+        let parsed = match &b.payload {
+            Payload::Json(v) => Message::deserialize(v).map_err(|e| e.to_string()),
+            Payload::JsonText(t) => serde_json::from_str(t.as_str()).map_err(|e| e.to_string()),
+            Payload::Binary(_) => Err("binary".to_string()),
+        };
+        let msg = match parsed {
+            Ok(msg) if msg.from() == &**self.state.replica() => return,
+            Ok(msg) => msg,
+            Err(e) => return log::warn!("presence: ignoring a replication message: {e}"),
+        };
+        let Some(r) = self.replication.as_mut() else { return };
+        if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), Instant::now()) {
+            log::info!("presence: replica {} joined; sending it our state", msg.from());
+            self.send_state();
+        }
+        self.apply(msg);
+    }
+
+    fn apply(&mut self, msg: Message) {
+        match msg {
+            Message::Delta { delta, from } | Message::State { delta, from } => {
+                match delta.into_delta() {
+                    Some(delta) => {
+                        let changes = self.state.merge(&delta);
+                        self.record(changes);
+                    }
+                    None => log::warn!("presence: ignoring an unreadable delta from {from}"),
                 }
             }
-            Ok(Msg::Exited(owner)) => {
-                let changes = tracker.state.untrack_owner(owner);
-                tracker.record(changes);
+            Message::Heartbeat { from, clock, held } => {
+                if self.state.digest(&from) != (clock, held) {
+                    self.send(&Message::Want { from: self.replica(), to: from });
+                }
             }
-            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => {}
+            Message::Want { to, .. } if to == "*" || *to == **self.state.replica() => {
+                self.send_state()
+            }
+            Message::Want { .. } => {}
+            Message::Bye { from } => {
+                if let Some(r) = self.replication.as_mut() {
+                    r.peers.left(&from);
+                }
+                log::info!("presence: replica {from} stopped; its presences leave");
+                let changes = self.state.remove_replica(&from);
+                self.record(changes);
+            }
         }
-        tracker.flush_due(Instant::now());
+    }
+
+    fn send_state(&mut self) {
+        let delta = WireDelta::from(&self.state.snapshot());
+        self.send(&Message::State { from: self.replica(), delta });
+    }
+
+    /// An orderly stop: what changed last, then `bye`, so the others drop us at once.
+    fn say_bye(&mut self) {
+        if self.replication.is_some() {
+            self.replicate(Instant::now());
+            self.send(&Message::Bye { from: self.replica() });
+        }
+    }
+
+    fn send(&self, msg: &Message) {
+        let event = match msg {
+            Message::Delta { .. } => "delta",
+            Message::State { .. } => "state",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Want { .. } => "want",
+            Message::Bye { .. } => "bye",
+        };
+        let payload = JsonText::encode(msg).expect("replication messages encode");
+        if let Err(e) = self.pubsub.broadcast(REPLICATION_TOPIC, event, Payload::JsonText(payload))
+        {
+            log::error!("presence: {event} not replicated: {e}");
+        }
     }
 }
 

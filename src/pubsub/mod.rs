@@ -12,9 +12,12 @@
 //! `Channel::handle_lagged`), or is counted in `Subscription::take_dropped` (plain mailboxes).
 
 mod registry;
+mod target;
+
+pub(crate) use target::{Connection, Eviction, Inbound, Inbox, Lag, Refused, Subscriber, Target};
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,10 +25,8 @@ use std::{fmt, io};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::channel;
-use crate::process::{self, MailboxSender};
+use crate::process;
 use crate::protocol::{Outgoing, Payload, Vsn};
-use crate::socket::conn::ConnHandle;
 
 /// A message for every subscriber of a topic (`%Phoenix.Socket.Broadcast{}`).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,10 @@ pub struct Broadcast {
 }
 
 impl Broadcast {
+    pub fn new(topic: &str, event: &str, payload: Payload) -> Broadcast {
+        Broadcast { topic: topic.to_string(), event: event.to_string(), payload }
+    }
+
     /// The broadcast as one complete WebSocket frame for `vsn` (`Serializer.fastlane!/1`);
     /// `None` when that serializer cannot carry it (binary to a V1 client).
     pub(crate) fn frame(&self, vsn: Vsn) -> Option<Arc<[u8]>> {
@@ -55,8 +60,7 @@ pub struct SharedPush {
 
 impl SharedPush {
     pub fn new(topic: &str, event: &str, payload: Payload) -> SharedPush {
-        let (topic, event) = (topic.to_string(), event.to_string());
-        SharedPush { broadcast: Broadcast { topic, event, payload }, frames: Default::default() }
+        SharedPush { broadcast: Broadcast::new(topic, event, payload), frames: Default::default() }
     }
 
     pub fn payload(&self) -> &Payload {
@@ -88,45 +92,6 @@ impl SubId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         SubId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
-}
-
-/// Where a subscriber wants its broadcasts.
-pub(crate) enum Target {
-    /// A joined channel. With `fastlane`, events it does not intercept go straight to its
-    /// connection as one shared frame; intercepted events (and all events when there is no
-    /// fastlane, i.e. extra topics) go to the channel's mailbox.
-    Channel {
-        tx: MailboxSender<channel::Msg>,
-        fastlane: Option<ConnHandle>,
-        intercepts: Arc<[String]>,
-    },
-    /// A socket subscribed to its socket id: `disconnect` closes it with 1001.
-    Socket(ConnHandle),
-    /// Anything else (REST code, tests): a plain bounded mailbox; broadcasts it had no room for
-    /// are counted in `dropped`.
-    Mailbox { tx: Sender<Arc<Broadcast>>, dropped: Arc<AtomicU64> },
-}
-
-/// The marker a channel gets instead of the messages its mailbox had no room for, on a topic it
-/// subscribed to with `ChannelCtx::subscribe`. Until the channel has handled it, nothing more
-/// is queued for it on any topic (the marker already says "catch up").
-pub(crate) struct Lag {
-    pub topic: String,
-    pub(super) flag: Arc<AtomicBool>,
-}
-
-impl Lag {
-    /// Lets the registry queue messages for this channel again. Call before catching up (e.g.
-    /// before taking a fresh snapshot), so that whatever was published after the snapshot is
-    /// delivered.
-    pub(crate) fn resume(&self) {
-        self.flag.store(false, Ordering::Release);
-    }
-}
-
-pub(crate) struct Subscriber {
-    pub id: SubId,
-    pub target: Target,
 }
 
 pub(crate) enum Msg {
@@ -174,11 +139,20 @@ impl fmt::Display for PubSubError {
 
 impl std::error::Error for PubSubError {}
 
+/// Where the broadcasts this node originates also go: the cluster relay (`crate::cluster`),
+/// which hands them to the other nodes. `relay` must never block (a bounded mailbox, counted
+/// when full), since it runs on the broadcasting socket or channel thread.
+pub trait Relay: Send + Sync {
+    fn relay(&self, broadcast: &Arc<Broadcast>);
+}
+
 /// Handle to the registry; clone it freely.
 #[derive(Clone)]
 pub struct PubSub {
     tx: Sender<Msg>,
     send_timeout: Duration,
+    /// Set once, when the node joins a cluster; shared by every clone.
+    relay: Arc<OnceLock<Box<dyn Relay>>>,
 }
 
 /// A mailbox subscription for code outside channels. Dropping it unsubscribes.
@@ -227,7 +201,8 @@ impl PubSubProcess {
             registry::run(rx, spread_fanout)
         };
         let thread = process::spawn("pubsub".into(), 256 * 1024, run)?;
-        let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5) };
+        let relay = Arc::default();
+        let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5), relay };
         Ok(PubSubProcess { pubsub, thread, done })
     }
 
@@ -256,9 +231,32 @@ impl PubSubProcess {
 
 impl PubSub {
     /// Sends `event` with `payload` to every subscriber of `topic`, including the caller's own
-    /// channel if it is subscribed.
+    /// channel if it is subscribed, on this node and (in a cluster) every other.
     pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) -> Result<(), PubSubError> {
         self.send_broadcast(topic, event, payload, None)
+    }
+
+    /// `broadcast` to the subscribers of this node only (`Phoenix.PubSub.local_broadcast/4`):
+    /// Presence diffs, which every node computes for itself.
+    pub fn local_broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Result<(), PubSubError> {
+        self.dispatch(Arc::new(Broadcast::new(topic, event, payload)))
+    }
+
+    /// Hands a broadcast to this node's registry without relaying it: the entry of broadcasts
+    /// relayed from other nodes, which take the same dispatch (fastlane) as local ones.
+    pub fn dispatch(&self, broadcast: Arc<Broadcast>) -> Result<(), PubSubError> {
+        self.send(Msg::Broadcast { broadcast, from: None })
+    }
+
+    /// Makes every broadcast this node originates from now on also go to `relay`. False (and
+    /// `relay` dropped) if one was set already.
+    pub fn set_relay(&self, relay: Box<dyn Relay>) -> bool {
+        self.relay.set(relay).is_ok()
     }
 
     /// Like `broadcast`, but skips the subscription `from` (the sending channel).
@@ -312,8 +310,10 @@ impl PubSub {
         payload: Payload,
         from: Option<SubId>,
     ) -> Result<(), PubSubError> {
-        let broadcast =
-            Arc::new(Broadcast { topic: topic.to_string(), event: event.to_string(), payload });
+        let broadcast = Arc::new(Broadcast::new(topic, event, payload));
+        if let Some(relay) = self.relay.get() {
+            relay.relay(&broadcast);
+        }
         self.send(Msg::Broadcast { broadcast, from })
     }
 

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::{Broadcast, Lag, Msg, Shared, SubId, Subscriber, Target};
-use crate::channel;
-use crate::process::MailboxSender;
+use super::{
+    Broadcast, Connection, Eviction, Inbound, Inbox, Lag, Msg, Refused, Shared, SubId, Subscriber,
+    Target,
+};
 use crate::protocol::Vsn;
-use crate::socket::conn::{Chunk, CloseReason, ConnHandle};
 
 /// One subscription as the registry keeps it. `lagged` is shared with the `Lag` marker the
 /// subscriber receives when its mailbox overflowed: set here, cleared by the channel when it
@@ -125,16 +125,16 @@ fn dispatch(
             Target::Channel { fastlane: Some(conn), intercepts, .. }
                 if !intercepts.iter().any(|e| *e == broadcast.event) =>
             {
-                let frame = frames.get(conn.vsn);
+                let frame = frames.get(conn.vsn());
                 deliveries += 1;
                 bytes += frame.as_ref().map_or(0, |f| f.len() as u64);
-                fastlane(conn, frame, spread)
+                fastlane(&**conn, frame, spread)
             }
             Target::Channel { tx, fastlane, .. } => {
-                let msg = channel::Msg::Broadcast(broadcast.clone());
-                to_channel(entry, tx, fastlane.as_ref(), msg, &broadcast.topic)
+                let msg = Inbound::Broadcast(broadcast.clone());
+                to_channel(entry, &**tx, fastlane.as_deref(), msg, &broadcast.topic)
             }
-            Target::Socket(conn) => to_socket(conn, &broadcast.event),
+            Target::Socket(conn) => to_socket(&**conn, &broadcast.event),
             Target::Mailbox { tx, dropped } => to_mailbox(tx, dropped, broadcast),
         };
         if done == Delivery::Gone {
@@ -147,20 +147,16 @@ fn dispatch(
 
 /// The channel process is bypassed: that is the point of fastlane. A connection that cannot
 /// take the frame is cut by `ConnShared` (slow consumer), which its client sees.
-fn fastlane(conn: &ConnHandle, frame: Option<Arc<[u8]>>, spread: bool) -> Delivery {
+fn fastlane(conn: &dyn Connection, frame: Option<Arc<[u8]>>, spread: bool) -> Delivery {
     if let Some(frame) = frame {
-        if spread {
-            conn.send(Chunk::Shared(frame));
-        } else {
-            conn.send_direct(Chunk::Shared(frame));
-        }
+        conn.send_frame(frame, !spread);
     }
     Delivery::Done
 }
 
-fn to_socket(conn: &ConnHandle, event: &str) -> Delivery {
+fn to_socket(conn: &dyn Connection, event: &str) -> Delivery {
     if event == "disconnect" {
-        conn.shared.close(CloseReason::Disconnect);
+        conn.evict(Eviction::Disconnect);
     }
     Delivery::Done
 }
@@ -187,8 +183,8 @@ fn dispatch_shared(subs: &Topic, topic: &str, message: &Shared) -> Vec<SubId> {
     let mut gone = Vec::new();
     for entry in &subs.subs {
         if let Target::Channel { tx, fastlane, .. } = &entry.sub.target {
-            let msg = channel::Msg::Shared(message.clone());
-            if to_channel(entry, tx, fastlane.as_ref(), msg, topic) == Delivery::Gone {
+            let msg = Inbound::Shared(message.clone());
+            if to_channel(entry, &**tx, fastlane.as_deref(), msg, topic) == Delivery::Gone {
                 gone.push(entry.sub.id);
             }
         }
@@ -202,21 +198,21 @@ fn dispatch_shared(subs: &Topic, topic: &str, message: &Shared) -> Vec<SubId> {
 /// capacity check) and nothing more until it has handled it (`Channel::handle_lagged`).
 fn to_channel(
     entry: &Entry,
-    tx: &MailboxSender<channel::Msg>,
-    fastlane: Option<&ConnHandle>,
-    msg: channel::Msg,
+    tx: &dyn Inbox,
+    fastlane: Option<&dyn Connection>,
+    msg: Inbound,
     topic: &str,
 ) -> Delivery {
     if entry.lagged.load(Ordering::Acquire) {
         return Delivery::Done;
     }
-    match tx.try_send(msg) {
+    match tx.try_deliver(msg) {
         Ok(()) => Delivery::Done,
-        Err(TrySendError::Disconnected(_)) => Delivery::Gone,
-        Err(TrySendError::Full(_)) => match fastlane {
+        Err(Refused::Gone) => Delivery::Gone,
+        Err(Refused::Full) => match fastlane {
             Some(conn) => {
                 log::warn!("channel mailbox full on {topic}: disconnecting slow consumer");
-                conn.shared.close(CloseReason::SlowConsumer);
+                conn.evict(Eviction::SlowConsumer);
                 Delivery::Done
             }
             None => mark_lagged(entry, tx, topic),
@@ -224,11 +220,11 @@ fn to_channel(
     }
 }
 
-fn mark_lagged(entry: &Entry, tx: &MailboxSender<channel::Msg>, topic: &str) -> Delivery {
+fn mark_lagged(entry: &Entry, tx: &dyn Inbox, topic: &str) -> Delivery {
     log::warn!("channel mailbox full on {topic}: the channel is told it lagged");
     entry.lagged.store(true, Ordering::Release);
     let lag = Lag { topic: topic.to_string(), flag: entry.lagged.clone() };
-    if tx.force_send(channel::Msg::Lagged(lag)) { Delivery::Done } else { Delivery::Gone }
+    if tx.force_deliver(Inbound::Lagged(lag)) { Delivery::Done } else { Delivery::Gone }
 }
 
 /// Lazily encoded broadcast frames, one per serializer (`Serializer.fastlane!/1`).

@@ -36,6 +36,7 @@ use socket2::SockRef;
 use super::writer::WriterSender;
 use crate::process;
 use crate::protocol::{Outgoing, Vsn};
+use crate::pubsub::{Connection, Eviction};
 
 /// Most bytes the flusher gathers from `pending` into one `write` call.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -502,5 +503,27 @@ impl ConnHandle {
                 false
             }
         }
+    }
+}
+
+/// The registry's fastlane writes through this (PubSub knows no sockets).
+impl Connection for ConnHandle {
+    fn vsn(&self) -> Vsn {
+        self.vsn
+    }
+
+    fn send_frame(&self, frame: Arc<[u8]>, direct: bool) {
+        if direct {
+            self.send_direct(Chunk::Shared(frame));
+        } else {
+            self.send(Chunk::Shared(frame));
+        }
+    }
+
+    fn evict(&self, why: Eviction) {
+        self.shared.close(match why {
+            Eviction::Disconnect => CloseReason::Disconnect,
+            Eviction::SlowConsumer => CloseReason::SlowConsumer,
+        });
     }
 }

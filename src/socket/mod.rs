@@ -204,7 +204,7 @@ fn attach_outbound(
 fn subscribe_socket_id(pubsub: &PubSub, id: Option<&str>, conn: &ConnHandle) -> Option<SubId> {
     let id = id?;
     let sub = SubId::next();
-    let target = Target::Socket(conn.clone());
+    let target = Target::socket(conn.clone());
     pubsub.subscribe_target(id, Subscriber { id: sub, target }).ok().map(|()| sub)
 }
 

@@ -23,11 +23,18 @@ pub struct Migration {
 
 /// All migrations in the order they are applied. A test checks that this list matches the
 /// files in `sql/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    file: "001_create_superheroes.sql",
-    sql: include_str!("../../sql/001_create_superheroes.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        file: "001_create_superheroes.sql",
+        sql: include_str!("../../sql/001_create_superheroes.sql"),
+    },
+    Migration {
+        version: 2,
+        file: "002_cluster_messages.sql",
+        sql: include_str!("../../sql/002_cluster_messages.sql"),
+    },
+];
 
 /// Arbitrary key of the advisory lock ("phx_migr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7068_785f_6d69_6772;

@@ -86,10 +86,17 @@ impl Channel for TestChannel {
 }
 
 fn start_with(config: Config) -> (TestServer, Receiver<(String, StopReason)>) {
+    let (router, rx) = test_router();
+    (TestServer::with(config, router, server::accept_all()), rx)
+}
+
+/// The app's router plus the test channel at `test:*` (`shout` is `broadcast_from`), and
+/// what its channels' `terminate` reports.
+pub(crate) fn test_router() -> (phx_threads::Router, Receiver<(String, StopReason)>) {
     let (tx, rx) = unbounded();
     let router = phx_threads::app::router(None)
         .channel("test:*", move || TestChannel { terminated: tx.clone() });
-    (TestServer::with(config, router, server::accept_all()), rx)
+    (router, rx)
 }
 
 fn start() -> (TestServer, Receiver<(String, StopReason)>) {

@@ -10,7 +10,7 @@ mod protocol;
 // The HTTP upgrade over raw TCP: refusals, limits, timeouts, a frame sent with the request.
 mod handshake;
 // Channel lifecycle: crashes, interception, async replies, limits, slow consumers, shutdown.
-mod channels;
+pub mod channels;
 // Many connections at once: fan-out to 1,000 sockets and thread accounting.
 mod scale;
 // Hardening of the WebSocket side: closing handshake, limits, half-open upgrades, stuck leaves.
@@ -19,6 +19,8 @@ mod ws_hardening;
 pub mod supervision;
 // Presence: state and diffs over real sockets, every way a member leaves, limits.
 mod presence;
+// Issue #13: three binaries on one PostgreSQL with --cluster.
+mod cluster;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;

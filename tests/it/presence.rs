@@ -4,6 +4,7 @@
 //! `Presence` does (`View`), so the assertions are about the list a user would see.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -69,7 +70,7 @@ fn entries(v: &Value) -> BTreeMap<String, Vec<Value>> {
 }
 
 /// A client joined to one topic, with its presence view.
-struct Member {
+pub(crate) struct Member {
     c: WsClient,
     topic: String,
     join_ref: String,
@@ -82,7 +83,12 @@ impl Member {
     }
 
     fn join_with(server: &TestServer, user: &str, topic: &str, payload: Value) -> Member {
-        let mut c = connect(server, user);
+        Member::join_at(server.addr(), user, topic, payload)
+    }
+
+    /// Joins on the server at `addr` (the cluster tests' nodes).
+    pub(crate) fn join_at(addr: SocketAddr, user: &str, topic: &str, payload: Value) -> Member {
+        let mut c = connect(addr, user);
         let (join_ref, reply) = c.join(topic, payload);
         assert_eq!(reply["status"], "ok", "{reply}");
         Member { c, topic: topic.to_string(), join_ref, view: View::default() }
@@ -100,7 +106,7 @@ impl Member {
         seen
     }
 
-    fn until_keys(&mut self, keys: &[&str]) -> Vec<Value> {
+    pub(crate) fn until_keys(&mut self, keys: &[&str]) -> Vec<Value> {
         self.until(|v| v.key_names() == keys)
     }
 }
@@ -109,9 +115,9 @@ fn is_presence(m: &Value) -> bool {
     m[3] == "presence_state" || m[3] == "presence_diff"
 }
 
-fn connect(server: &TestServer, user: &str) -> WsClient {
+fn connect(addr: SocketAddr, user: &str) -> WsClient {
     let query = format!("vsn=2.0.0&user_id={user}");
-    let mut c = WsClient::connect(server.addr(), &query).expect("websocket connects");
+    let mut c = WsClient::connect(addr, &query).expect("websocket connects");
     c.presence = true;
     c
 }
@@ -299,7 +305,7 @@ fn limits_refuse_the_join_with_a_clear_reason() {
     config.presence.max_per_topic = 4;
     let server = start_with(config);
     let topic = unique_topic("ptest");
-    let mut c = connect(&server, "x");
+    let mut c = connect(server.addr(), "x");
     let reason =
         |c: &mut WsClient, payload: Value| c.join(&topic, payload).1["response"]["reason"].clone();
     let big = json!({"key": "k", "meta": {"bio": "b".repeat(100)}});
@@ -310,7 +316,7 @@ fn limits_refuse_the_join_with_a_clear_reason() {
     );
     let mut members: Vec<WsClient> = Vec::new();
     for key in ["a", "a", "b", "c"] {
-        let mut m = connect(&server, key);
+        let mut m = connect(server.addr(), key);
         assert_eq!(m.join(&topic, json!({"key": key})).1["status"], "ok");
         members.push(m);
     }
@@ -323,7 +329,7 @@ fn a_tracker_that_cannot_take_more_calls_refuses_the_join_clearly() {
     let mut config = config(20);
     config.presence.mailbox = 0;
     let server = start_with(config);
-    let mut c = connect(&server, "late");
+    let mut c = connect(server.addr(), "late");
     let (_, reply) = c.join(&unique_topic("room"), json!({}));
     assert_eq!(reply["response"], json!({"reason": "presence tracker is overloaded"}));
 }

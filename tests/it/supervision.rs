@@ -20,7 +20,7 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Binary {
     child: Child,
     pub ws: SocketAddr,
-    http: SocketAddr,
+    pub http: SocketAddr,
     /// Its stderr, when captured: everything it logged, read to the end (`stop`).
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
@@ -87,7 +87,13 @@ impl Binary {
         let _ = self.child.wait();
     }
 
-    fn request(&self, method: &str, path: &str, body: &str) -> Response {
+    /// SIGKILL: no shutdown code runs (the cluster tests' crashed node).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: &str) -> Response {
         let mut tcp = TcpStream::connect_timeout(&self.http, EVENT_TIMEOUT).expect("connect");
         tcp.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
         let head = format!(

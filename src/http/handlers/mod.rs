@@ -4,10 +4,12 @@
 //! Threads: run on the HTTP worker thread, inside its `catch_unwind`.
 
 pub mod assets;
+pub mod cluster;
 pub mod meta;
 pub mod metrics;
 pub mod superheroes;
 
+use crate::cluster::ClusterView;
 use crate::http::HttpConfig;
 use crate::store::Store;
 
@@ -15,4 +17,5 @@ use crate::store::Store;
 pub struct Ctx {
     pub config: HttpConfig,
     pub store: Option<Store>,
+    pub cluster: Option<ClusterView>,
 }

@@ -48,7 +48,7 @@ impl TestServer {
 
     pub fn with_config(config: HttpConfig, store: Option<Store>) -> TestServer {
         let config = HttpConfig { addr: "127.0.0.1:0".parse().unwrap(), n_workers: 4, ..config };
-        let handle = http::start(config, HttpDeps { store }).expect("start http");
+        let handle = http::start(config, HttpDeps { store, cluster: None }).expect("start http");
         TestServer { addr: handle.addr, handle: Some(handle) }
     }
 

@@ -1,0 +1,121 @@
+//! Cluster membership as this node sees it: who sent a notification (every one counts as a
+//! heartbeat) and when. Pure state behind a lock; the inbound listener writes it, `/cluster`
+//! reads it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// One other node.
+#[derive(Debug, Clone)]
+struct Member {
+    incarnation: u64,
+    last_seen: Instant,
+    /// Last sequence number seen from this incarnation (gaps are missed notifications).
+    seq: u64,
+}
+
+/// What changed when a notification arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// The expected next notification (or the first of a node we already knew was up).
+    InOrder,
+    /// A node (or a new incarnation of one) we did not have: it needs our full state.
+    Joined { restarted: bool },
+    /// `missed` notifications of this incarnation never reached us.
+    Gap { missed: u64 },
+}
+
+#[derive(Debug, Default)]
+pub struct Members {
+    nodes: BTreeMap<String, Member>,
+}
+
+/// `/cluster`'s view of one node.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub incarnation: u64,
+    pub last_seen_ms: u64,
+}
+
+impl Members {
+    /// Records a notification of `seq` from (`name`, `incarnation`).
+    pub fn seen(&mut self, name: &str, incarnation: u64, seq: u64, now: Instant) -> Seen {
+        let fresh = Member { incarnation, last_seen: now, seq };
+        let Some(m) = self.nodes.get_mut(name) else {
+            self.nodes.insert(name.to_string(), fresh);
+            return Seen::Joined { restarted: false };
+        };
+        if m.incarnation != incarnation {
+            *m = fresh;
+            return Seen::Joined { restarted: true };
+        }
+        let expected = m.seq + 1;
+        m.last_seen = now;
+        m.seq = m.seq.max(seq);
+        match seq > expected {
+            true => Seen::Gap { missed: seq - expected },
+            false => Seen::InOrder,
+        }
+    }
+
+    /// Forgets `name` (its orderly `bye`); true if it was known.
+    pub fn left(&mut self, name: &str) -> bool {
+        self.nodes.remove(name).is_some()
+    }
+
+    /// Removes and returns the nodes silent for longer than `timeout`: they are down.
+    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
+        let down: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > timeout)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &down {
+            self.nodes.remove(name);
+        }
+        down
+    }
+
+    /// The live nodes other than this one, by name.
+    pub fn view(&self, now: Instant) -> Vec<NodeView> {
+        let view = |(name, m): (&String, &Member)| NodeView {
+            name: name.clone(),
+            incarnation: m.incarnation,
+            last_seen_ms: now.saturating_duration_since(m.last_seen).as_millis() as u64,
+        };
+        self.nodes.iter().map(view).collect()
+    }
+
+    /// Forgets everyone, after this node lost its listener: it cannot know who is still up,
+    /// and every node it hears of again is treated as joining (full state).
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_gaps_restarts_and_expiry() {
+        let t0 = Instant::now();
+        let mut m = Members::default();
+        assert_eq!(m.seen("a", 1, 1, t0), Seen::Joined { restarted: false });
+        assert_eq!(m.seen("a", 1, 2, t0), Seen::InOrder);
+        assert_eq!(m.seen("a", 1, 5, t0), Seen::Gap { missed: 2 });
+        assert_eq!(m.seen("a", 2, 1, t0), Seen::Joined { restarted: true });
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(m.seen("b", 7, 1, later), Seen::Joined { restarted: false });
+        assert_eq!(m.expire(later, Duration::from_secs(1)), ["a"]);
+        let names: Vec<String> = m.view(later).into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["b"]);
+        assert!(m.left("b"));
+        assert!(!m.left("b"));
+        assert!(m.view(later).is_empty());
+    }
+}
