@@ -41,6 +41,9 @@ OPTIONS (environment variable in brackets):
     --max-rate-refusals N     rate-limited messages within 10 s before the connection
                               is closed with 1008 [PHX_MAX_RATE_REFUSALS, default 50]
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
+    --longpoll-window-ms N    a LongPoll poll answers 204 after N ms without messages; a
+                              session not polled for 1.5 N ends
+                              [PHX_LONGPOLL_WINDOW_MS, default 10000]
     --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
                               [PHX_CHECK_ORIGIN, default: any]
     --http-max-connections N  open REST connections; more get 503
@@ -151,6 +154,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_JOIN_BURST", "--join-burst"),
         ("PHX_MAX_RATE_REFUSALS", "--max-rate-refusals"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
+        ("PHX_LONGPOLL_WINDOW_MS", "--longpoll-window-ms"),
         ("PHX_CHECK_ORIGIN", "--check-origin"),
         ("PHX_HTTP_MAX_CONNECTIONS", "--http-max-connections"),
         ("PHX_HTTP_HEAD_TIMEOUT_MS", "--http-head-timeout-ms"),
@@ -193,6 +197,7 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--idle-timeout-ms" => {
             args.ws.idle_timeout = std::time::Duration::from_millis(number()? as u64)
         }
+        "--longpoll-window-ms" => args.ws.longpoll_window = millis(number()?),
         "--max-superheroes" => args.max_superheroes = number()?,
         "--check-origin" => {
             args.ws.check_origin =

@@ -44,6 +44,9 @@ pub struct Config {
     pub channel_mailbox: usize,
     /// Messages queued for the PubSub registry before broadcasters wait.
     pub registry_mailbox: usize,
+    /// A LongPoll poll answers 204 after this long without messages; a session nobody polls
+    /// for 1.5 times this ends and its channels stop (Phoenix: 10 s).
+    pub longpoll_window: Duration,
     /// Close with 1002 after this long without any data from the client (Phoenix: 60 s).
     pub idle_timeout: Duration,
     /// The HTTP upgrade must complete within this.
@@ -93,6 +96,7 @@ impl Default for Config {
             channel_mailbox: 1024,
             registry_mailbox: 65_536,
             idle_timeout: Duration::from_secs(60),
+            longpoll_window: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             join_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),

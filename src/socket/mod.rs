@@ -13,6 +13,7 @@
 
 pub(crate) mod conn;
 mod http1;
+mod longpoll;
 mod rate;
 mod state;
 pub mod transport;
@@ -45,6 +46,8 @@ pub(crate) struct Endpoint {
     pub connect: ConnectFn,
     pub pubsub: PubSub,
     pub admit: Box<dyn Admit>,
+    /// Open LongPoll sessions and their token key.
+    pub longpoll: longpoll::Sessions,
 }
 
 /// The server's connection limit, asked when an upgrade is about to complete.
@@ -95,6 +98,8 @@ struct Socket {
     read_timeout: Duration,
     notices_tx: Sender<Notice>,
     notices: Receiver<Notice>,
+    /// The socket id this connection is subscribed to for `disconnect`, if any.
+    socket_id: Option<(String, SubId)>,
 }
 
 /// A connection that completed the WebSocket upgrade, ready for `run`.
@@ -103,7 +108,8 @@ pub(crate) struct Upgraded {
     session: Session,
 }
 
-/// Entry point of the `ws-<id>` thread: the HTTP upgrade, then the connection's whole life.
+/// Entry point of the `ws-<id>` thread: the request, then the connection's whole life (a
+/// WebSocket upgrade, or a LongPoll request or session).
 ///
 /// This frame stays on the stack under `run` for the connection's life, so it holds only a
 /// pointer: the upgrade happens in its own out-of-line frame, and its result is boxed. (Inlined,
@@ -114,8 +120,27 @@ pub(crate) fn serve(
     peer: SocketAddr,
     shared: Arc<ConnShared>,
 ) {
-    if let Some(upgraded) = handshake(&endpoint, tcp, peer, &shared) {
+    let _ = tcp.set_write_timeout(Some(endpoint.config.handshake_timeout));
+    let request = match transport::read_request(&tcp, &endpoint.config) {
+        Ok(request) => request,
+        Err(failure) => return log_failure(&shared, failure),
+    };
+    if longpoll::handles(&request.0, &endpoint.config) {
+        return longpoll::serve(endpoint, tcp, request, peer, shared);
+    }
+    if let Some(upgraded) = handshake(&endpoint, tcp, request, peer, &shared) {
         run(endpoint, upgraded, shared);
+    }
+}
+
+fn log_failure(shared: &ConnShared, failure: HandshakeFailure) {
+    match failure {
+        HandshakeFailure::Refused(status) => {
+            log::info!("conn {}: upgrade refused with {status}", shared.id);
+        }
+        HandshakeFailure::Failed(why) => {
+            log::debug!("conn {}: handshake failed: {why}", shared.id);
+        }
     }
 }
 
@@ -124,19 +149,14 @@ pub(crate) fn serve(
 fn handshake(
     endpoint: &Endpoint,
     tcp: Arc<TcpStream>,
+    request: (http1::RequestHead, Vec<u8>),
     peer: SocketAddr,
     shared: &Arc<ConnShared>,
 ) -> Option<Box<Upgraded>> {
-    let config = &endpoint.config;
-    let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
-    match transport::accept(tcp, shared, peer, endpoint) {
+    match transport::accept(tcp, request, shared, peer, endpoint) {
         Ok((ws, session)) => Some(Box::new(Upgraded { ws, session })),
-        Err(HandshakeFailure::Refused(status)) => {
-            log::info!("conn {}: upgrade refused with {status}", shared.id);
-            None
-        }
-        Err(HandshakeFailure::Failed(why)) => {
-            log::debug!("conn {}: handshake failed: {why}", shared.id);
+        Err(failure) => {
+            log_failure(shared, failure);
             None
         }
     }
@@ -147,25 +167,8 @@ fn handshake(
 fn run(endpoint: Arc<Endpoint>, upgraded: Box<Upgraded>, shared: Arc<ConnShared>) {
     let Upgraded { mut ws, session } = *upgraded;
     let conn = attach_outbound(&endpoint, &mut ws, &shared, session.vsn);
-    let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
-    // Unbounded but bounded by construction: each channel thread sends exactly one exit, and
-    // at most `max_channels_per_connection` run at once. (A bounded channel would preallocate.)
-    let (notices_tx, notices) = unbounded();
-    let mut socket = Socket {
-        endpoint: endpoint.clone(),
-        conn,
-        assigns: Arc::new(session.assigns),
-        state: SocketState::new(limits(&endpoint.config), Instant::now()),
-        channels: HashMap::new(),
-        retired: HashMap::new(),
-        read_timeout: endpoint.config.idle_timeout,
-        notices_tx,
-        notices,
-    };
+    let mut socket = Socket::new(endpoint, conn, session);
     let end = socket.serve(&mut ws);
-    if let (Some(id), Some(sub)) = (session.socket_id.as_deref(), socket_sub) {
-        endpoint.pubsub.unsubscribe(id, sub);
-    }
     socket.teardown(&mut ws, end);
 }
 
@@ -206,6 +209,29 @@ fn subscribe_socket_id(pubsub: &PubSub, id: Option<&str>, conn: &ConnHandle) -> 
 }
 
 impl Socket {
+    /// A socket process for a connected client, subscribed to its socket id (for `disconnect`
+    /// broadcasts), whatever its transport.
+    fn new(endpoint: Arc<Endpoint>, conn: ConnHandle, session: Session) -> Socket {
+        let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
+        let socket_id = session.socket_id.zip(socket_sub);
+        // Unbounded but bounded by construction: each channel thread sends exactly one exit,
+        // and at most `max_channels_per_connection` run at once. (A bounded channel would
+        // preallocate.)
+        let (notices_tx, notices) = unbounded();
+        Socket {
+            state: SocketState::new(limits(&endpoint.config), Instant::now()),
+            read_timeout: endpoint.config.idle_timeout,
+            endpoint,
+            conn,
+            assigns: Arc::new(session.assigns),
+            socket_id,
+            channels: HashMap::new(),
+            retired: HashMap::new(),
+            notices_tx,
+            notices,
+        }
+    }
+
     /// The read loop. Each iteration blocks in `read` for at most the idle timeout.
     fn serve(&mut self, ws: &mut WebSocket<WsStream>) -> End {
         loop {
@@ -502,6 +528,24 @@ impl Socket {
     /// Stops every channel, closes the WebSocket the way `end` says, and waits (bounded) for
     /// the channel threads.
     fn teardown(&mut self, ws: &mut WebSocket<WsStream>, end: End) {
+        self.stop_all(&end);
+        self.close_websocket(ws, end);
+        self.conn.shared.shutdown_tcp();
+        self.await_channels();
+        self.conn.shared.join_flusher();
+    }
+
+    /// Ends a socket process that has no WebSocket to close (LongPoll).
+    fn finish(&mut self, end: End) {
+        self.stop_all(&end);
+        self.await_channels();
+    }
+
+    /// Leaves the socket id's topic and tells every channel to stop.
+    fn stop_all(&mut self, end: &End) {
+        if let Some((id, sub)) = self.socket_id.take() {
+            self.endpoint.pubsub.unsubscribe(&id, sub);
+        }
         let stop = match end {
             End::Requested(CloseReason::Shutdown) => Stop::Shutdown,
             _ => Stop::Closed,
@@ -511,8 +555,10 @@ impl Socket {
         for id in ids {
             self.stop_channel(id, stop);
         }
-        self.close_websocket(ws, end);
-        self.conn.shared.shutdown_tcp();
+    }
+
+    /// Waits (bounded by half the shutdown timeout) for every stopped channel to exit.
+    fn await_channels(&mut self) {
         let deadline = Instant::now() + self.endpoint.config.shutdown_timeout / 2;
         while !self.retired.is_empty() {
             match self.notices.recv_deadline(deadline) {
@@ -527,7 +573,6 @@ impl Socket {
                 self.retired.len()
             );
         }
-        self.conn.shared.join_flusher();
     }
 
     fn close_websocket(&self, ws: &mut WebSocket<WsStream>, end: End) {
