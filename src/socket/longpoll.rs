@@ -119,8 +119,13 @@ impl Sink for LongPoll {
             buffer.messages.push_back(String::from_utf8_lossy(payload).into_owned());
         }
         if buffer.bytes > self.max_bytes {
+            // Like a WebSocket slow consumer: what it missed is dropped with the session, and
+            // its next poll gets 410, on which phoenix.js reconnects and rejoins.
             log::warn!("conn {}: LongPoll client too far behind, closing", self.shared.id);
             buffer.closed = true;
+            buffer.messages.clear();
+            buffer.bytes = 0;
+            self.ready.notify_all();
             drop(buffer);
             self.shared.close(CloseReason::SlowConsumer);
             return false;
