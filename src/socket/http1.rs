@@ -153,12 +153,18 @@ pub(crate) fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Vec
 }
 
 /// A JSON response (LongPoll), never cached: every answer is about this moment.
-pub(crate) fn json_response(status: u16, body: &str) -> Vec<u8> {
-    let headers = [("cache-control", "no-store")];
+pub(crate) fn json_response(status: u16, extra: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut headers = vec![("cache-control", "no-store")];
+    headers.extend_from_slice(extra);
     typed_response(status, &headers, "application/json; charset=utf-8", body)
 }
 
-fn typed_response(status: u16, headers: &[(&str, &str)], ctype: &str, body: &str) -> Vec<u8> {
+pub(crate) fn typed_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    ctype: &str,
+    body: &str,
+) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in headers {
         out.push_str(&format!("{name}: {value}\r\n"));

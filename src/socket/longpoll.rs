@@ -192,6 +192,7 @@ pub(crate) fn serve(
         ("GET", Some(Some(lp))) => poll_answer(&endpoint, &lp, token.as_deref()),
         ("POST", Some(Some(lp))) => post_answer(&endpoint, &tcp, &head, rest, &lp),
         ("GET" | "POST", _) => json!({"status": 410}),
+        ("OPTIONS", _) => return preflight(&tcp, &head),
         _ => return respond(&tcp, 400, &json!({"error": "LongPoll accepts GET and POST"})),
     };
     respond(&tcp, 200, &answer);
@@ -268,8 +269,26 @@ fn read_body(
     String::from_utf8(body).map_err(|_| "body is not UTF-8".into())
 }
 
+/// Every answer may be read by any page, as Phoenix's are: what protects a session is its
+/// token (a bearer a page of another site never sees), and opening one passes the origin
+/// check (`transport::connect_session`). No cookies are involved.
+const CORS: (&str, &str) = ("access-control-allow-origin", "*");
+
 fn respond(mut tcp: &TcpStream, status: u16, body: &Value) {
-    let _ = tcp.write_all(&http1::json_response(status, &body.to_string()));
+    let _ = tcp.write_all(&http1::json_response(status, &[CORS], &body.to_string()));
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+}
+
+/// The CORS preflight of a cross-origin page's POST (its ndjson content type is not simple).
+fn preflight(mut tcp: &TcpStream, head: &RequestHead) {
+    let asked = head.header("access-control-request-headers").unwrap_or("");
+    let headers = [
+        CORS,
+        ("access-control-allow-headers", asked),
+        ("access-control-allow-methods", "get, post, options"),
+        ("access-control-max-age", "3600"),
+    ];
+    let _ = tcp.write_all(&http1::typed_response(200, &headers, "text/plain", ""));
     let _ = tcp.shutdown(std::net::Shutdown::Write);
 }
 
