@@ -227,7 +227,8 @@ fn post_answer(
     rest: Vec<u8>,
     lp: &LongPoll,
 ) -> Value {
-    let body = match read_body(tcp, head, rest, endpoint.config.max_frame_bytes) {
+    let deadline = Instant::now() + endpoint.config.handshake_timeout;
+    let body = match read_body(tcp, head, rest, endpoint.config.max_frame_bytes, deadline) {
         Ok(body) => body,
         Err(why) => return json!({"status": 400, "reason": why}),
     };
@@ -248,12 +249,13 @@ fn post_answer(
     json!({"status": 200})
 }
 
-/// The request body, within `max_bytes` and `handshake_timeout`.
+/// The request body, within `max_bytes` and before `deadline` (however slowly it trickles).
 fn read_body(
     mut tcp: &TcpStream,
     head: &RequestHead,
     mut body: Vec<u8>,
     max_bytes: usize,
+    deadline: Instant,
 ) -> Result<String, String> {
     let len: usize = match head.header("content-length").map(str::trim) {
         Some(n) => n.parse().map_err(|_| "invalid content-length".to_string())?,
@@ -263,9 +265,19 @@ fn read_body(
         return Err(format!("body over {max_bytes} bytes"));
     }
     body.truncate(len);
-    let old = body.len();
+    let mut filled = body.len();
     body.resize(len, 0);
-    tcp.read_exact(&mut body[old..]).map_err(|e| format!("body not received: {e}"))?;
+    while filled < len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+            return Err("body not received in time".into());
+        }
+        match tcp.read(&mut body[filled..]) {
+            Ok(0) => return Err("body cut short".into()),
+            Ok(n) => filled += n,
+            Err(e) => return Err(format!("body not received: {e}")),
+        }
+    }
     String::from_utf8(body).map_err(|_| "body is not UTF-8".into())
 }
 

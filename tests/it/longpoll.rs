@@ -225,3 +225,38 @@ fn a_longpoll_session_takes_a_connection_slot() {
     let (status, _) = request(server.addr(), None, "GET", "/socket/longpoll?vsn=2.0.0", "");
     assert_eq!(status, 503);
 }
+
+#[test]
+fn bad_posts_get_a_clear_error_and_the_session_keeps_working() {
+    let server = server_with(test_config());
+    let lp = Lp::open(server.addr(), "2.0.0");
+    let heartbeats: Vec<Value> =
+        (0..101).map(|i| json!([null, i.to_string(), "phoenix", "heartbeat", {}])).collect();
+    let answer = lp.post(&heartbeats);
+    assert_eq!(answer, json!({"status": 400, "reason": "more than 100 messages"}));
+    let garbage = request(server.addr(), None, "POST", &lp.target(), "{not json");
+    assert_eq!(garbage.1["status"], 200, "the session handles it: a close, like a bad frame");
+    // A bad frame ends the session (as 1007 ends a WebSocket); the client sees 410.
+    assert_eq!(lp.poll(), json!({"status": 410}));
+}
+
+#[test]
+fn a_cross_origin_preflight_is_answered_as_phoenix_does() {
+    let server = server_with(test_config());
+    let mut tcp = TcpStream::connect(server.addr()).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let head = "OPTIONS /socket/longpoll?vsn=2.0.0 HTTP/1.1\r\nhost: localhost\r\n\
+                origin: http://localhost:4001\r\naccess-control-request-method: POST\r\n\
+                access-control-request-headers: content-type\r\n\r\n";
+    tcp.write_all(head.as_bytes()).unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    for header in [
+        "access-control-allow-origin: *",
+        "access-control-allow-headers: content-type",
+        "access-control-allow-methods: get, post, options",
+    ] {
+        assert!(response.contains(header), "{header} missing in {response}");
+    }
+}
