@@ -219,7 +219,7 @@ impl Socket {
         // preallocate.)
         let (notices_tx, notices) = unbounded();
         Socket {
-            state: SocketState::new(limits(&endpoint.config), Instant::now()),
+            state: SocketState::new(conn.shared.id, limits(&endpoint.config), Instant::now()),
             read_timeout: endpoint.config.idle_timeout,
             endpoint,
             conn,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::logger::shown;
 use crate::protocol::{self, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, HEARTBEAT_TOPIC, Message};
 use crate::protocol::{DecodeError, Payload};
 
@@ -116,6 +117,8 @@ pub(crate) struct Limits {
 }
 
 pub(crate) struct SocketState {
+    /// The connection's id, for log lines only.
+    conn: u64,
     limits: Limits,
     routes: HashMap<String, Route>,
     pending: HashMap<u64, Pending>,
@@ -129,8 +132,9 @@ pub(crate) struct SocketState {
 type Effects = Vec<Effect>;
 
 impl SocketState {
-    pub fn new(limits: Limits, now: Instant) -> SocketState {
+    pub fn new(conn: u64, limits: Limits, now: Instant) -> SocketState {
         SocketState {
+            conn,
             limits,
             routes: HashMap::new(),
             pending: HashMap::new(),
@@ -169,12 +173,13 @@ impl SocketState {
         match self.rates.charge(m.event == EVENT_JOIN, now) {
             Verdict::Pass => None,
             Verdict::Refuse => {
+                log::debug!("conn {}: rate limited {}", self.conn, shown(&m.event));
                 let reason = json!({ "reason": "rate limited" }).into();
                 let (jr, r, t) = (m.join_ref.clone(), m.ref_.clone(), m.topic.clone());
                 Some(vec![reply(jr, r, t, "error", reason)])
             }
             Verdict::Evict => {
-                log::info!("closing a client that kept sending over its rate limit");
+                log::info!("conn {}: closing, it kept sending over its rate limit", self.conn);
                 Some(vec![Effect::Close(CLOSE_POLICY, "rate limit exceeded".into())])
             }
         }
@@ -217,7 +222,7 @@ impl SocketState {
             }
             JoinResult::Answered => {}
             JoinResult::Unmatched => {
-                log::warn!("join of unmatched topic {}", crate::logger::shown(&p.topic));
+                log::warn!("conn {}: join of unmatched topic {}", self.conn, shown(&p.topic));
                 let reply = reply(None, p.ref_, p.topic, "error", error("unmatched topic"));
                 return vec![reply];
             }
@@ -277,7 +282,11 @@ impl SocketState {
     /// `phx_close` for the old join_ref, which phoenix.js ignores.
     fn abandon(&mut self, topic: &str, ref_: Option<String>) -> Effects {
         let Some(route) = self.routes.remove(topic) else { return Vec::new() };
-        log::warn!("channel {} did not leave in time; forgetting it", crate::logger::shown(topic));
+        log::warn!(
+            "conn {}: channel {} did not leave in time; forgetting it",
+            self.conn,
+            shown(topic)
+        );
         self.abandoned.insert(topic.to_string(), route.id);
         let (jr, topic) = (route.join_ref, topic.to_string());
         vec![
@@ -305,7 +314,7 @@ impl SocketState {
         match why {
             Undeliverable::Gone => vec![unmatched(ref_, topic.to_string())],
             Undeliverable::Busy => {
-                log::warn!("channel {} is not keeping up", crate::logger::shown(topic));
+                log::warn!("conn {}: channel {} is not keeping up", self.conn, shown(topic));
                 vec![Effect::Close(CLOSE_INTERNAL, format!("channel {topic} overloaded"))]
             }
         }

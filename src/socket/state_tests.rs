@@ -17,7 +17,7 @@ const RATES_OFF: RateLimits = RateLimits {
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn state_with(max_channels: usize, rates: RateLimits, now: Instant) -> SocketState {
-    SocketState::new(Limits { max_channels, leave_timeout: LEAVE_TIMEOUT, rates }, now)
+    SocketState::new(1, Limits { max_channels, leave_timeout: LEAVE_TIMEOUT, rates }, now)
 }
 
 fn msg(join_ref: Option<&str>, ref_: &str, topic: &str, event: &str) -> Message {
