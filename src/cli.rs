@@ -281,4 +281,25 @@ mod tests {
         assert_eq!(args.http_body_timeout, Duration::from_millis(2500));
         assert_eq!(parse_with(&[], &[]).unwrap().http_max_connections, 1024);
     }
+
+    #[test]
+    fn rate_limits_and_longpoll_window() {
+        let args = parse_with(
+            &["--messages-per-sec", "5", "--join-burst", "3", "--longpoll-window-ms", "700"],
+            &[
+                ("PHX_MESSAGE_BURST", "11"),
+                ("PHX_JOINS_PER_SEC", "2"),
+                ("PHX_MAX_RATE_REFUSALS", "4"),
+                ("PHX_MESSAGES_PER_SEC", "99"),
+            ],
+        )
+        .unwrap();
+        let ws = &args.ws;
+        assert_eq!((ws.messages_per_sec, ws.message_burst), (5, 11));
+        assert_eq!((ws.joins_per_sec, ws.join_burst, ws.max_rate_refusals), (2, 3, 4));
+        assert_eq!(ws.longpoll_window, Duration::from_millis(700));
+        let defaults = parse_with(&[], &[]).unwrap().ws;
+        assert_eq!((defaults.messages_per_sec, defaults.message_burst), (100, 200));
+        assert!(parse_with(&["--joins-per-sec", "-1"], &[]).is_err());
+    }
 }
