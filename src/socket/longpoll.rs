@@ -319,7 +319,10 @@ fn open(
         Err(refusal) => return respond(tcp, 200, &json!({ "status": refusal.status })),
     };
     if !endpoint.admit.upgraded(shared.id) {
-        return respond(tcp, 503, &json!({"error": "server at connection limit"}));
+        // phoenix.js reads only the body: 500 makes it retry with its backoff, as for a
+        // WebSocket refused with 503.
+        let body = json!({"status": 500, "reason": "server at connection limit"});
+        return respond(tcp, 503, &body);
     }
     let (inbox, lines) = bounded(INBOX);
     let buffer = Buffer {
