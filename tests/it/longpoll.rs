@@ -150,6 +150,78 @@ fn v1_json_works_over_longpoll() {
 fn a_refused_connect_answers_403_and_opens_no_session() {
     let refuse: phx_threads::ConnectFn = Arc::new(|_| Err(Default::default()));
     let server = TestServer::with(test_config(), phx_threads::app::router(None), refuse);
+    let (status, body) = request(server.addr(), None, "GET", "/socket/longpoll?vsn=2.0.0", "");
+    assert_eq!((status, body), (200, json!({"status": 403})));
+    assert!(eventually(WAIT, || server.handle().connection_count() == 0));
+}
+
+#[test]
+fn a_session_nobody_polls_expires_and_its_channels_stop() {
+    let server = server_with(short_window());
+    let topic = unique_topic("room");
+    let mut ws = server.client(); // anonymous
+    ws.presence = true;
+    ws.join_ok(&topic);
+    let lp = Lp::open_with(server.addr(), "2.0.0", "&user_id=longpoller");
+    let joined = lp.post(&[json!(["1", "1", topic, "phx_join", {}])]);
+    assert_eq!(joined, json!({"status": 200}));
+    let member = |m: &Value, side: &str| {
+        let diff = m[4][side].as_object();
+        m[3] == "presence_diff" && diff.is_some_and(|d| d.contains_key("longpoller"))
+    };
+    ws.expect(|m| member(m, "joins"));
+    // Nobody polls: after 1.5 windows the session ends, and its channel leaves presence.
+    ws.expect(|m| member(m, "leaves"));
+    assert_eq!(lp.poll(), json!({"status": 410}));
+    assert!(eventually(WAIT, || server.handle().connection_count() == 1), "only the websocket");
+}
+
+#[test]
+fn a_client_that_stops_polling_is_evicted_when_its_buffer_is_full() {
+    let config =
+        Config { outbound_queue_bytes: 16 * 1024, longpoll_window: WAIT * 4, ..test_config() };
+    let server = server_with(config);
+    let topic = unique_topic("room");
+    let lp = Lp::open(server.addr(), "2.0.0");
+    lp.post(&[json!(["1", "1", topic, "phx_join", {}])]);
+    let mut ws = server.client();
+    let jr = ws.join_ok(&topic);
+    let body = "x".repeat(1024);
+    for _ in 0..32 {
+        ws.call(Some(&jr), &topic, "new_msg", json!({ "body": body }));
+    }
+    assert_eq!(lp.poll(), json!({"status": 410}), "evicted, told by 410");
+    assert!(eventually(WAIT, || server.handle().connection_count() == 1));
+}
+
+#[test]
+fn forged_tokens_and_tokens_from_another_address_are_refused() {
+    let server = TestServer::start();
+    let lp = Lp::open(server.addr(), "2.0.0");
+    lp.post(&[json!([null, "1", "phoenix", "heartbeat", {}])]);
+    let mut forged =
+        Lp { token: lp.token.replacen('.', ".0", 1), ..Lp::open(server.addr(), "2.0.0") };
+    forged.token.pop();
+    assert_eq!(forged.poll(), json!({"status": 410}), "tampered signature");
+    let unsigned = Lp { token: lp.token.split('.').next().unwrap().to_string(), ..forged };
+    assert_eq!(unsigned.poll(), json!({"status": 410}), "no signature");
+    let elsewhere = Lp { token: lp.token.clone(), from: Some("127.0.0.2"), ..unsigned };
+    assert_eq!(elsewhere.poll(), json!({"status": 410}), "another client's address");
+    assert_eq!(
+        elsewhere.post(&[json!([null, "2", "phoenix", "heartbeat", {}])]),
+        json!({"status": 410})
+    );
+    // The session itself is untouched: its own client still gets its reply.
+    lp.expect(|m| m[1] == "1");
+}
+
+#[test]
+fn a_longpoll_session_takes_a_connection_slot() {
+    let config = Config { max_connections: 1, ..test_config() };
+    let server = server_with(config);
+    let _lp = Lp::open(server.addr(), "2.0.0");
+    let refused = WsClient::connect(server.addr(), "vsn=2.0.0");
+    assert!(refused.is_err(), "the websocket gets no slot");
     // Refused by the acceptor (plain 503, as for an upgrade); phoenix.js reads no status from
     // that body and retries with its backoff.
     let (status, _) = request(server.addr(), None, "GET", "/socket/longpoll?vsn=2.0.0", "");
