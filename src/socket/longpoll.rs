@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
@@ -84,7 +84,10 @@ pub(crate) struct LongPoll {
     inbox: Sender<Line>,
     buffer: Mutex<Buffer>,
     ready: Condvar,
-    shared: Arc<ConnShared>,
+    /// Weak: the connection holds this session as its sink, so a strong reference back would
+    /// be a cycle, and the connection (with its file descriptor) would never be freed.
+    shared: Weak<ConnShared>,
+    conn_id: u64,
     max_bytes: usize,
 }
 
@@ -112,7 +115,7 @@ impl Sink for LongPoll {
         for (opcode, payload) in frames(chunk.bytes()) {
             if opcode != 1 {
                 // The buffer is JSON strings (§1.8): a binary push cannot be carried.
-                log::debug!("conn {}: dropped a binary frame for LongPoll", self.shared.id);
+                log::debug!("conn {}: dropped a binary frame for LongPoll", self.conn_id);
                 continue;
             }
             buffer.bytes += payload.len();
@@ -121,13 +124,15 @@ impl Sink for LongPoll {
         if buffer.bytes > self.max_bytes {
             // Like a WebSocket slow consumer: what it missed is dropped with the session, and
             // its next poll gets 410, on which phoenix.js reconnects and rejoins.
-            log::warn!("conn {}: LongPoll client too far behind, closing", self.shared.id);
+            log::warn!("conn {}: LongPoll client too far behind, closing", self.conn_id);
             buffer.closed = true;
             buffer.messages.clear();
             buffer.bytes = 0;
             self.ready.notify_all();
             drop(buffer);
-            self.shared.close(CloseReason::SlowConsumer);
+            if let Some(shared) = self.shared.upgrade() {
+                shared.close(CloseReason::SlowConsumer);
+            }
             return false;
         }
         self.ready.notify_all();
@@ -162,7 +167,7 @@ impl LongPoll {
     }
 
     fn ending(&self) -> bool {
-        self.shared.close_reason().is_some()
+        self.shared.upgrade().is_none_or(|shared| shared.close_reason().is_some())
     }
 
     /// When the session expires if nobody polls meanwhile.
@@ -337,7 +342,8 @@ fn open(
         inbox,
         buffer: Mutex::new(buffer),
         ready: Condvar::new(),
-        shared: shared.clone(),
+        shared: Arc::downgrade(&shared),
+        conn_id: shared.id,
         max_bytes: config.outbound_queue_bytes,
     });
     shared.divert(lp.clone());
@@ -345,13 +351,19 @@ fn open(
     let token = endpoint.longpoll.token(&lp.id, peer.ip());
     respond(tcp, 200, &json!({"status": 410, "token": token, "messages": []}));
     log::debug!("conn {}: LongPoll session opened for {peer}", shared.id);
-    run(endpoint.clone(), session, &lp, lines);
+    run(endpoint.clone(), session, shared, &lp, lines);
     endpoint.longpoll.table.lock().remove(&lp.id);
 }
 
 /// The session process: handles POSTed lines and channel notices until the session ends.
-fn run(endpoint: Arc<Endpoint>, session: Session, lp: &Arc<LongPoll>, lines: Receiver<Line>) {
-    let conn = ConnHandle { shared: lp.shared.clone(), vsn: session.vsn };
+fn run(
+    endpoint: Arc<Endpoint>,
+    session: Session,
+    shared: Arc<ConnShared>,
+    lp: &Arc<LongPoll>,
+    lines: Receiver<Line>,
+) {
+    let conn = ConnHandle { shared, vsn: session.vsn };
     let mut socket = Socket::new(endpoint.clone(), conn, session);
     let end = serve_lines(&mut socket, lp, &lines);
     socket.finish(end);
@@ -362,13 +374,13 @@ fn run(endpoint: Arc<Endpoint>, session: Session, lp: &Arc<LongPoll>, lines: Rec
 fn serve_lines(socket: &mut Socket, lp: &LongPoll, lines: &Receiver<Line>) -> End {
     let window = socket.endpoint.config.longpoll_window;
     loop {
-        if let Some(reason) = lp.shared.close_reason() {
+        if let Some(reason) = socket.conn.shared.close_reason() {
             return End::Requested(reason);
         }
         let now = Instant::now();
         let expiry = lp.expiry(window).unwrap_or(now + window);
         if expiry <= now {
-            log::info!("conn {}: LongPoll session not polled, closing", lp.shared.id);
+            log::info!("conn {}: LongPoll session not polled, closing", lp.conn_id);
             return End::ClientClosed;
         }
         let wake = socket.state.next_deadline().map_or(expiry, |d| d.min(expiry));

@@ -262,3 +262,17 @@ fn a_cross_origin_preflight_is_answered_as_phoenix_does() {
         assert!(response.contains(header), "{header} missing in {response}");
     }
 }
+
+#[test]
+fn an_ended_session_frees_its_connection_and_file_descriptor() {
+    let server = server_with(short_window());
+    let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = open_fds();
+    for _ in 0..5 {
+        let lp = Lp::open(server.addr(), "2.0.0");
+        lp.post(&[json!(["1", "1", unique_topic("room"), "phx_join", {}])]);
+    }
+    // Nobody polls: every session expires after 1.5 windows.
+    assert!(eventually(WAIT, || server.handle().connection_count() == 0));
+    assert!(eventually(WAIT, || open_fds() <= before), "{} fds, {before} before", open_fds());
+}
