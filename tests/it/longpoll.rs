@@ -190,8 +190,10 @@ fn a_client_that_stops_polling_is_evicted_when_its_buffer_is_full() {
     for _ in 0..32 {
         ws.call(Some(&jr), &topic, "new_msg", json!({ "body": body }));
     }
+    // The broadcasts reach the session through its channel, which may still be catching up
+    // when the last reply arrives: wait for the eviction before the client polls again.
+    assert!(eventually(WAIT, || server.handle().connection_count() == 1), "session evicted");
     assert_eq!(lp.poll(), json!({"status": 410}), "evicted, told by 410");
-    assert!(eventually(WAIT, || server.handle().connection_count() == 1));
 }
 
 #[test]
