@@ -34,7 +34,20 @@ OPTIONS (environment variable in brackets):
                               [PHX_MAX_HANDSHAKES, default 1024]
     --max-channels N          per connection [PHX_MAX_CHANNELS, default 100]
     --max-frame-bytes N       [PHX_MAX_FRAME_BYTES, default 1048576]
+    --messages-per-sec N      client messages per connection and second; over budget
+                              they get the error 'rate limited'; 0 = off
+                              [PHX_MESSAGES_PER_SEC, default 100]
+    --message-burst N         messages allowed at once above that rate
+                              [PHX_MESSAGE_BURST, default 200]
+    --joins-per-sec N         joins per connection and second; 0 = off
+                              [PHX_JOINS_PER_SEC, default 10]
+    --join-burst N            [PHX_JOIN_BURST, default 100]
+    --max-rate-refusals N     rate-limited messages within 10 s before the connection
+                              is closed with 1008 [PHX_MAX_RATE_REFUSALS, default 50]
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
+    --longpoll-window-ms N    a LongPoll poll answers 204 after N ms without messages; a
+                              session not polled for 1.5 N ends
+                              [PHX_LONGPOLL_WINDOW_MS, default 10000]
     --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
                               [PHX_CHECK_ORIGIN, default: any]
     --http-max-connections N  open REST connections; more get 503
@@ -182,7 +195,13 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_MAX_HANDSHAKES", "--max-handshakes"),
         ("PHX_MAX_CHANNELS", "--max-channels"),
         ("PHX_MAX_FRAME_BYTES", "--max-frame-bytes"),
+        ("PHX_MESSAGES_PER_SEC", "--messages-per-sec"),
+        ("PHX_MESSAGE_BURST", "--message-burst"),
+        ("PHX_JOINS_PER_SEC", "--joins-per-sec"),
+        ("PHX_JOIN_BURST", "--join-burst"),
+        ("PHX_MAX_RATE_REFUSALS", "--max-rate-refusals"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
+        ("PHX_LONGPOLL_WINDOW_MS", "--longpoll-window-ms"),
         ("PHX_CHECK_ORIGIN", "--check-origin"),
         ("PHX_HTTP_MAX_CONNECTIONS", "--http-max-connections"),
         ("PHX_HTTP_HEAD_TIMEOUT_MS", "--http-head-timeout-ms"),
@@ -212,6 +231,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
 
 fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
     let number = || value.parse::<usize>().map_err(|_| format!("{flag}: not a number: {value}"));
+    let rate = || value.parse::<u32>().map_err(|_| format!("{flag}: not a number: {value}"));
     let addr =
         || value.parse::<SocketAddr>().map_err(|_| format!("{flag}: not an address: {value}"));
     match flag {
@@ -225,9 +245,15 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--max-handshakes" => args.ws.max_handshakes = number()?,
         "--max-channels" => args.ws.max_channels_per_connection = number()?,
         "--max-frame-bytes" => args.ws.max_frame_bytes = number()?,
+        "--messages-per-sec" => args.ws.messages_per_sec = rate()?,
+        "--message-burst" => args.ws.message_burst = rate()?,
+        "--joins-per-sec" => args.ws.joins_per_sec = rate()?,
+        "--join-burst" => args.ws.join_burst = rate()?,
+        "--max-rate-refusals" => args.ws.max_rate_refusals = rate()?,
         "--idle-timeout-ms" => {
             args.ws.idle_timeout = std::time::Duration::from_millis(number()? as u64)
         }
+        "--longpoll-window-ms" => args.ws.longpoll_window = millis(number()?),
         "--max-superheroes" => args.max_superheroes = number()?,
         "--check-origin" => {
             args.ws.check_origin =
@@ -390,5 +416,26 @@ mod tests {
             parse_with(&["--cluster-heartbeat-ms", "5000"], &[]).unwrap_err().contains("exceed")
         );
         assert!(parse_with(&["--cluster-mailbox", "0"], &[]).unwrap_err().contains("positive"));
+    }
+
+    #[test]
+    fn rate_limits_and_longpoll_window() {
+        let args = parse_with(
+            &["--messages-per-sec", "5", "--join-burst", "3", "--longpoll-window-ms", "700"],
+            &[
+                ("PHX_MESSAGE_BURST", "11"),
+                ("PHX_JOINS_PER_SEC", "2"),
+                ("PHX_MAX_RATE_REFUSALS", "4"),
+                ("PHX_MESSAGES_PER_SEC", "99"),
+            ],
+        )
+        .unwrap();
+        let ws = &args.ws;
+        assert_eq!((ws.messages_per_sec, ws.message_burst), (5, 11));
+        assert_eq!((ws.joins_per_sec, ws.join_burst, ws.max_rate_refusals), (2, 3, 4));
+        assert_eq!(ws.longpoll_window, Duration::from_millis(700));
+        let defaults = parse_with(&[], &[]).unwrap().ws;
+        assert_eq!((defaults.messages_per_sec, defaults.message_burst), (100, 200));
+        assert!(parse_with(&["--joins-per-sec", "-1"], &[]).is_err());
     }
 }

@@ -21,6 +21,18 @@ pub struct Config {
     pub max_handshakes: usize,
     /// Joins beyond this are refused with `{"reason":"too many channels joined"}` (Phoenix: 100).
     pub max_channels_per_connection: usize,
+    /// Per-connection token buckets (`socket/rate.rs`): client messages a second, and the burst
+    /// allowed above that rate; a message over budget gets `{"reason":"rate limited"}` on its
+    /// ref. 0 turns a limit off. The official client sends one heartbeat per 30 s.
+    pub messages_per_sec: u32,
+    pub message_burst: u32,
+    /// The same for `phx_join` (on top of the message budget); phoenix.js rejoins every channel
+    /// at once after a reconnect, so the burst defaults to `max_channels_per_connection`.
+    pub joins_per_sec: u32,
+    pub join_burst: u32,
+    /// Rate-limited messages within 10 s beyond which the connection is closed with 1008
+    /// "rate limit exceeded": a client that ignores its refusals is abusive, not busy.
+    pub max_rate_refusals: u32,
     /// Largest accepted client frame and message; bigger ones close the socket with 1009.
     pub max_frame_bytes: usize,
     /// Bytes queued for one connection beyond what the kernel's socket buffer holds. A client
@@ -32,6 +44,9 @@ pub struct Config {
     pub channel_mailbox: usize,
     /// Messages queued for the PubSub registry before broadcasters wait.
     pub registry_mailbox: usize,
+    /// A LongPoll poll answers 204 after this long without messages; a session nobody polls
+    /// for 1.5 times this ends and its channels stop (Phoenix: 10 s).
+    pub longpoll_window: Duration,
     /// Close with 1002 after this long without any data from the client (Phoenix: 60 s).
     pub idle_timeout: Duration,
     /// The HTTP upgrade must complete within this.
@@ -71,11 +86,17 @@ impl Default for Config {
             max_connections: 16_000,
             max_handshakes: 1024,
             max_channels_per_connection: 100,
+            messages_per_sec: 100,
+            message_burst: 200,
+            joins_per_sec: 10,
+            join_burst: 100,
+            max_rate_refusals: 50,
             max_frame_bytes: 1 << 20,
             outbound_queue_bytes: 1 << 20,
             channel_mailbox: 1024,
             registry_mailbox: 65_536,
             idle_timeout: Duration::from_secs(60),
+            longpoll_window: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             join_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),

@@ -206,7 +206,9 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     let max_connections = config.max_connections;
     let admit = Box::new(Admission { connections: connections.clone(), max_connections });
     let pubsub_handle = pubsub.pubsub.clone();
-    let endpoint = Arc::new(Endpoint { config, router, connect, pubsub: pubsub_handle, admit });
+    let longpoll = Default::default();
+    let endpoint =
+        Arc::new(Endpoint { config, router, connect, pubsub: pubsub_handle, admit, longpoll });
     let stopping = Arc::new(AtomicBool::new(false));
     let (conns, stop, pool) = (connections.clone(), stopping.clone(), writers.clone());
     let (alive, acceptor_exited) = crossbeam_channel::bounded::<()>(0);

@@ -51,7 +51,7 @@ pub(crate) enum Chunk {
 }
 
 impl Chunk {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(s) => s,
@@ -118,6 +118,16 @@ struct OutState {
     flusher: Option<JoinHandle<()>>,
 }
 
+/// Where a connection's messages go instead of its TCP stream: a LongPoll session's buffer,
+/// which its polls drain (`longpoll.rs`). Set once, when the session opens.
+pub(crate) trait Sink: Send + Sync {
+    /// Takes one complete frame; false if the session is ending or the client is too far
+    /// behind (then the sink has closed the connection as a slow consumer).
+    fn push(&self, chunk: Chunk) -> bool;
+    /// The connection is ending (`close`): wake whoever waits on the session.
+    fn closing(&self);
+}
+
 /// State shared by a connection's threads and everyone who may need to end it.
 pub(crate) struct ConnShared {
     pub id: u64,
@@ -129,6 +139,8 @@ pub(crate) struct ConnShared {
     limits: OutLimits,
     /// The writer this connection's handed-over frames go to.
     writer: WriterSender,
+    /// Set for a LongPoll session: every frame goes there, never to the stream.
+    sink: std::sync::OnceLock<Arc<dyn Sink>>,
 }
 
 impl ConnShared {
@@ -141,7 +153,13 @@ impl ConnShared {
             drained: Condvar::new(),
             limits,
             writer,
+            sink: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns this connection into a LongPoll session: its frames go to `sink` from now on.
+    pub fn divert(&self, sink: Arc<dyn Sink>) {
+        let _ = self.sink.set(sink);
     }
 
     /// Asks the connection to end. The first reason wins. A slow consumer is cut at once (its
@@ -160,6 +178,9 @@ impl ConnShared {
         }
         let how = if reason == CloseReason::SlowConsumer { Shutdown::Both } else { Shutdown::Read };
         let _ = self.tcp.shutdown(how);
+        if let Some(sink) = self.sink.get() {
+            sink.closing();
+        }
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -175,6 +196,9 @@ impl ConnShared {
     /// the stream themselves (module doc). False if the connection is ending, broken, or was
     /// just cut as a slow consumer.
     pub fn send(self: &Arc<Self>, chunk: Chunk) -> bool {
+        if let Some(sink) = self.sink.get() {
+            return sink.push(chunk);
+        }
         let mut st = self.out.lock();
         if st.closed || st.broken || !self.append(&mut st, chunk) {
             return false;
@@ -206,6 +230,9 @@ impl ConnShared {
     /// Writes one frame now if nothing is queued before it, else queues it behind the others;
     /// never blocks. For the PubSub registry (fastlane) and other long-lived shared threads.
     pub fn send_direct(self: &Arc<Self>, chunk: Chunk) -> bool {
+        if let Some(sink) = self.sink.get() {
+            return sink.push(chunk);
+        }
         let mut st = self.out.lock();
         if st.closed || st.broken {
             return false;

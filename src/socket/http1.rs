@@ -149,13 +149,29 @@ fn parse(bytes: &[u8]) -> Result<RequestHead, HeadError> {
 /// A complete response head (and `body`, if any). Responses other than 101 close the
 /// connection, so they say so.
 pub(crate) fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    typed_response(status, headers, "text/plain", body)
+}
+
+/// A JSON response (LongPoll), never cached: every answer is about this moment.
+pub(crate) fn json_response(status: u16, extra: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut headers = vec![("cache-control", "no-store")];
+    headers.extend_from_slice(extra);
+    typed_response(status, &headers, "application/json; charset=utf-8", body)
+}
+
+pub(crate) fn typed_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    ctype: &str,
+    body: &str,
+) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
     if status != 101 {
         out.push_str(&format!(
-            "connection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n",
+            "connection: close\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n",
             body.len()
         ));
     }
@@ -167,6 +183,7 @@ pub(crate) fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Vec
 fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
+        200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

@@ -13,6 +13,9 @@
 
 pub(crate) mod conn;
 mod http1;
+mod longpoll;
+mod rate;
+mod state;
 pub mod transport;
 pub(crate) mod writer;
 
@@ -23,20 +26,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, unbounded};
-use serde_json::json;
 use tungstenite::{Message as WsMessage, WebSocket};
 
 use crate::channel::server::{self as channel_server, JoinOutcome, JoinRequest, Notice, Stop};
 use crate::channel::{self, Assigns, Router};
 use crate::config::Config;
-use crate::logger::shown;
 use crate::process::MailboxSender;
-use crate::protocol::{
-    self, EVENT_CLOSE, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, HEARTBEAT_TOPIC, Inbound, Message,
-    Outgoing, Payload, frame,
-};
+use crate::protocol::{self, EVENT_CLOSE, Inbound, Outgoing, Payload, frame};
 use crate::pubsub::{PubSub, SubId, Subscriber, Target};
 use conn::{CloseReason, ConnHandle, ConnShared};
+use rate::RateLimits;
+use state::{Effect, JoinResult, Limits, Reply, SocketState, Undeliverable};
 use transport::{ConnectFn, HandshakeFailure, Session, WsStream};
 
 /// What every socket process shares with the server.
@@ -46,6 +46,8 @@ pub(crate) struct Endpoint {
     pub connect: ConnectFn,
     pub pubsub: PubSub,
     pub admit: Box<dyn Admit>,
+    /// Open LongPoll sessions and their token key.
+    pub longpoll: longpoll::Sessions,
 }
 
 /// The server's connection limit, asked when an upgrade is about to complete.
@@ -57,30 +59,19 @@ pub(crate) trait Admit: Send + Sync {
 
 /// Close codes the socket itself decides (the others are in `CloseReason`).
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-const CLOSE_INVALID_DATA: u16 = 1007;
 const CLOSE_TOO_BIG: u16 = 1009;
-const CLOSE_INTERNAL: u16 = 1011;
+use state::{CLOSE_INTERNAL, CLOSE_INVALID_DATA};
 /// After our close frame, how long we keep reading for the client's close reply. Closing a TCP
 /// stream with unread data makes Linux send RST, which can destroy our close frame in flight.
 const LINGER: Duration = Duration::from_secs(2);
 /// Bytes we are willing to discard while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 
-/// A joined (or leaving) topic.
-struct Joined {
-    id: u64,
-    join_ref: String,
+/// A running channel process, by id (its route is in `SocketState`).
+struct ChannelProc {
     tx: Sender<channel::Msg>,
     control: MailboxSender<channel::Msg>,
     thread: JoinHandle<()>,
-    /// A `phx_leave` the channel has not acknowledged (by exiting) yet.
-    leaving: Option<Leave>,
-}
-
-/// A leave in flight: the channel replies and exits, or the socket gives up at `deadline`.
-struct Leave {
-    ref_: Option<String>,
-    deadline: Instant,
 }
 
 /// How the read loop ended.
@@ -98,18 +89,18 @@ struct Socket {
     endpoint: Arc<Endpoint>,
     conn: ConnHandle,
     assigns: Arc<Assigns>,
-    channels: HashMap<String, Joined>,
+    /// The decision table; this struct only performs its effects.
+    state: SocketState,
+    channels: HashMap<u64, ChannelProc>,
     /// Channels told to stop whose exit has not been seen yet.
     retired: HashMap<u64, JoinHandle<()>>,
-    /// Topics whose channel did not acknowledge a leave in time, with that channel's id, while
-    /// it still runs: a rejoin waits (bounded) for it to leave PubSub first.
-    abandoned: HashMap<String, u64>,
     /// The read timeout currently set on the stream (the idle timeout, or less while a leave
     /// is in flight).
     read_timeout: Duration,
     notices_tx: Sender<Notice>,
     notices: Receiver<Notice>,
-    next_channel_id: u64,
+    /// The socket id this connection is subscribed to for `disconnect`, if any.
+    socket_id: Option<(String, SubId)>,
 }
 
 /// A connection that completed the WebSocket upgrade, ready for `run`.
@@ -118,7 +109,8 @@ pub(crate) struct Upgraded {
     session: Session,
 }
 
-/// Entry point of the `ws-<id>` thread: the HTTP upgrade, then the connection's whole life.
+/// Entry point of the `ws-<id>` thread: the request, then the connection's whole life (a
+/// WebSocket upgrade, or a LongPoll request or session).
 ///
 /// This frame stays on the stack under `run` for the connection's life, so it holds only a
 /// pointer: the upgrade happens in its own out-of-line frame, and its result is boxed. (Inlined,
@@ -129,8 +121,28 @@ pub(crate) fn serve(
     peer: SocketAddr,
     shared: Arc<ConnShared>,
 ) {
-    if let Some(upgraded) = handshake(&endpoint, tcp, peer, &shared) {
+    let _ = tcp.set_write_timeout(Some(endpoint.config.handshake_timeout));
+    let request = match transport::read_request(&tcp, &endpoint.config) {
+        Ok(request) => request,
+        Err(failure) => return log_failure(&shared, failure),
+    };
+    if longpoll::handles(&request.0, &endpoint.config) {
+        return longpoll::serve(endpoint, tcp, request, peer, shared);
+    }
+    if let Some(upgraded) = handshake(&endpoint, tcp, request, peer, &shared) {
         run(endpoint, upgraded, shared);
+    }
+}
+
+fn log_failure(shared: &ConnShared, failure: HandshakeFailure) {
+    match failure {
+        HandshakeFailure::Refused(status) => {
+            crate::metrics::refused_connect(crate::metrics::upgrade_refusal(status));
+            log::info!("conn {}: upgrade refused with {status}", shared.id);
+        }
+        HandshakeFailure::Failed(why) => {
+            log::debug!("conn {}: handshake failed: {why}", shared.id);
+        }
     }
 }
 
@@ -139,20 +151,14 @@ pub(crate) fn serve(
 fn handshake(
     endpoint: &Endpoint,
     tcp: Arc<TcpStream>,
+    request: (http1::RequestHead, Vec<u8>),
     peer: SocketAddr,
     shared: &Arc<ConnShared>,
 ) -> Option<Box<Upgraded>> {
-    let config = &endpoint.config;
-    let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
-    match transport::accept(tcp, shared, peer, endpoint) {
+    match transport::accept(tcp, request, shared, peer, endpoint) {
         Ok((ws, session)) => Some(Box::new(Upgraded { ws, session })),
-        Err(HandshakeFailure::Refused(status)) => {
-            crate::metrics::refused_connect(crate::metrics::upgrade_refusal(status));
-            log::info!("conn {}: upgrade refused with {status}", shared.id);
-            None
-        }
-        Err(HandshakeFailure::Failed(why)) => {
-            log::debug!("conn {}: handshake failed: {why}", shared.id);
+        Err(failure) => {
+            log_failure(shared, failure);
             None
         }
     }
@@ -164,27 +170,24 @@ fn run(endpoint: Arc<Endpoint>, upgraded: Box<Upgraded>, shared: Arc<ConnShared>
     let Upgraded { mut ws, session } = *upgraded;
     let conn = attach_outbound(&endpoint, &mut ws, &shared, session.vsn);
     let _counted = crate::metrics::connection("websocket");
-    let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
-    // Unbounded but bounded by construction: each channel thread sends exactly one exit, and
-    // at most `max_channels_per_connection` run at once. (A bounded channel would preallocate.)
-    let (notices_tx, notices) = unbounded();
-    let mut socket = Socket {
-        endpoint: endpoint.clone(),
-        conn,
-        assigns: Arc::new(session.assigns),
-        channels: HashMap::new(),
-        retired: HashMap::new(),
-        abandoned: HashMap::new(),
-        read_timeout: endpoint.config.idle_timeout,
-        notices_tx,
-        notices,
-        next_channel_id: 1,
-    };
+    let mut socket = Socket::new(endpoint, conn, session);
     let end = socket.serve(&mut ws);
-    if let (Some(id), Some(sub)) = (session.socket_id.as_deref(), socket_sub) {
-        endpoint.pubsub.unsubscribe(id, sub);
-    }
     socket.teardown(&mut ws, end);
+}
+
+/// The decision table's limits, from the server's configuration.
+fn limits(config: &Config) -> Limits {
+    Limits {
+        max_channels: config.max_channels_per_connection,
+        leave_timeout: config.channel_send_timeout,
+        rates: RateLimits {
+            messages_per_sec: config.messages_per_sec,
+            message_burst: config.message_burst,
+            joins_per_sec: config.joins_per_sec,
+            join_burst: config.join_burst,
+            max_refusals: config.max_rate_refusals,
+        },
+    }
 }
 
 /// Switches the stream from the handshake's timeouts to the connection's.
@@ -209,6 +212,29 @@ fn subscribe_socket_id(pubsub: &PubSub, id: Option<&str>, conn: &ConnHandle) -> 
 }
 
 impl Socket {
+    /// A socket process for a connected client, subscribed to its socket id (for `disconnect`
+    /// broadcasts), whatever its transport.
+    fn new(endpoint: Arc<Endpoint>, conn: ConnHandle, session: Session) -> Socket {
+        let socket_sub = subscribe_socket_id(&endpoint.pubsub, session.socket_id.as_deref(), &conn);
+        let socket_id = session.socket_id.zip(socket_sub);
+        // Unbounded but bounded by construction: each channel thread sends exactly one exit,
+        // and at most `max_channels_per_connection` run at once. (A bounded channel would
+        // preallocate.)
+        let (notices_tx, notices) = unbounded();
+        Socket {
+            state: SocketState::new(conn.shared.id, limits(&endpoint.config), Instant::now()),
+            read_timeout: endpoint.config.idle_timeout,
+            endpoint,
+            conn,
+            assigns: Arc::new(session.assigns),
+            socket_id,
+            channels: HashMap::new(),
+            retired: HashMap::new(),
+            notices_tx,
+            notices,
+        }
+    }
+
     /// The read loop. Each iteration blocks in `read` for at most the idle timeout.
     fn serve(&mut self, ws: &mut WebSocket<WsStream>) -> End {
         loop {
@@ -224,8 +250,11 @@ impl Socket {
                     frame
                 }
                 Err(e) if self.leave_timer_fired(&e) => {
-                    self.expire_leaves();
-                    continue;
+                    let effects = self.state.expire_leaves(Instant::now());
+                    match self.perform(effects) {
+                        Ok(()) => continue,
+                        Err(end) => return end,
+                    }
                 }
                 Err(e) => return self.read_error(e),
             };
@@ -263,109 +292,89 @@ impl Socket {
         }
     }
 
+    /// Decodes one client message and performs what the decision table makes of it.
     fn handle_frame(&mut self, frame: Inbound<'_>) -> Result<(), End> {
-        match self.conn.vsn.decode(frame) {
-            Ok(message) => match message.oversized() {
-                None => self.handle_message(message),
-                Some(field) => self.refuse_oversized(&message, field),
-            },
-            Err(e) => {
-                log::info!("conn {}: closing: {e}", self.conn.shared.id);
-                Err(End::Close(CLOSE_INVALID_DATA, e.to_string()))
-            }
-        }
-    }
-
-    /// A field over `MAX_FIELD_BYTES`. An oversized event on a ref is answered there, like any
-    /// refused message; anything else cannot be answered without echoing the oversized topic or
-    /// ref (which a binary reply could not even carry), so the frame is invalid data: 1007.
-    fn refuse_oversized(&mut self, m: &Message, field: &str) -> Result<(), End> {
-        let why = format!("{field} is longer than {} bytes", protocol::MAX_FIELD_BYTES);
-        if field == "event" && m.ref_.is_some() {
-            let reason = json!({ "reason": why }).into();
-            self.reply(m.join_ref.as_deref(), m.ref_.as_deref(), &m.topic, "error", &reason);
-            return Ok(());
-        }
-        log::info!("conn {}: closing: {why}", self.conn.shared.id);
-        Err(End::Close(CLOSE_INVALID_DATA, why))
-    }
-
-    /// `socket.ex` `handle_in/4`, first match wins.
-    fn handle_message(&mut self, m: Message) -> Result<(), End> {
-        if m.topic == HEARTBEAT_TOPIC && m.event == EVENT_HEARTBEAT {
-            self.reply(None, m.ref_.as_deref(), &m.topic, "ok", &Payload::empty());
-            return Ok(());
-        }
-        match m.event.as_str() {
-            EVENT_JOIN => {
-                self.join(m);
-                Ok(())
-            }
-            EVENT_LEAVE => {
-                self.leave(m);
-                Ok(())
-            }
-            _ => self.forward(m),
-        }
-    }
-
-    fn join(&mut self, m: Message) {
-        let join_ref = m.join_ref.clone().or_else(|| m.ref_.clone()).unwrap_or_default();
-        let topic = m.topic.clone();
-        let replaced = self.channels.remove(&topic).and_then(|old| self.stop_duplicate(old));
-        self.await_abandoned(&topic);
-        let config = &self.endpoint.config;
-        if self.channels.len() >= config.max_channels_per_connection {
-            crate::metrics::refused_join("too_many_channels");
-            let reason = json!({"reason": "too many channels joined"});
-            self.reply(Some(&join_ref), m.ref_.as_deref(), &m.topic, "error", &reason.into());
-            return;
-        }
-        let Some(channel) = self.endpoint.router.route(&m.topic) else {
-            log::warn!("conn {}: join of unmatched topic {}", self.conn.shared.id, shown(&m.topic));
-            crate::metrics::refused_join("unmatched_topic");
-            self.reply_unmatched(&m);
-            return;
+        let effects = match self.conn.vsn.decode(frame) {
+            Ok(message) => self.state.handle(message, Instant::now()),
+            Err(e) => self.state.undecodable(&e),
         };
-        if let Some(joined) = self.start_channel(topic.clone(), join_ref, m, channel) {
-            self.channels.insert(joined.0, joined.1);
+        self.perform(effects)
+    }
+
+    fn perform(&mut self, effects: Vec<Effect>) -> Result<(), End> {
+        effects.into_iter().try_for_each(|effect| self.perform_one(effect))
+    }
+
+    fn perform_one(&mut self, effect: Effect) -> Result<(), End> {
+        match effect {
+            Effect::Reply(r) => self.reply(&r),
+            Effect::PhxClose { join_ref, topic } => {
+                let empty = Payload::empty();
+                self.conn.send_message(&Outgoing::control(&join_ref, &topic, EVENT_CLOSE, &empty));
+            }
+            Effect::ReplaceChannel { id } => self.replace_channel(id),
+            Effect::AwaitExit { id } => {
+                if !self.wait_exit(id, Duration::from_secs(5)) {
+                    log::warn!("conn {}: abandoned channel {id} still runs", self.conn.shared.id);
+                }
+            }
+            Effect::StartChannel { id, topic, join_ref, ref_, payload } => {
+                let result = self.start_channel(id, topic, join_ref, ref_, payload);
+                let effects = self.state.join_outcome(id, result);
+                return self.perform(effects);
+            }
+            Effect::Push { id, topic, event, payload, ref_ } => {
+                let effects = self.push(id, &topic, event, payload, ref_);
+                return self.perform(effects);
+            }
+            Effect::Leave { id, topic, ref_ } => {
+                let effects = self.send_leave(id, &topic, ref_);
+                return self.perform(effects);
+            }
+            Effect::StopChannel { id } => self.stop_channel(id, Stop::Closed),
+            Effect::Close(code, reason) => {
+                log::info!("conn {}: closing: {reason}", self.conn.shared.id);
+                return Err(End::Close(code, reason));
+            }
         }
-        if let Some(old_join_ref) = replaced {
-            let empty = Payload::empty();
-            let out = Outgoing::control(&old_join_ref, &topic, EVENT_CLOSE, &empty);
-            self.conn.send_message(&out);
+        Ok(())
+    }
+
+    /// Tells channel `id` to stop whenever it returns; its exit is reaped like any other.
+    fn stop_channel(&mut self, id: u64, stop: Stop) {
+        if let Some(proc) = self.channels.remove(&id) {
+            proc.control.force_send(channel::Msg::Stop(stop));
+            self.retired.insert(id, proc.thread);
         }
     }
 
     /// Stops the channel a duplicate join replaces and waits (bounded) until it has left
-    /// PubSub. Returns the old join_ref for the `phx_close` that follows the new join's reply,
-    /// unless the old channel was already leaving (then it sent its own `phx_close`).
-    fn stop_duplicate(&mut self, old: Joined) -> Option<String> {
-        old.control.force_send(channel::Msg::Stop(Stop::Duplicate));
-        let (id, leaving, join_ref) = (old.id, old.leaving.is_some(), old.join_ref.clone());
-        self.retired.insert(id, old.thread);
+    /// PubSub, so the new channel does not receive every broadcast twice meanwhile.
+    fn replace_channel(&mut self, id: u64) {
+        self.stop_channel(id, Stop::Duplicate);
         if !self.wait_exit(id, Duration::from_secs(5)) {
             log::warn!("conn {}: replaced channel {id} did not stop in 5 s", self.conn.shared.id);
         }
-        (!leaving).then_some(join_ref)
     }
 
     fn start_channel(
         &mut self,
+        id: u64,
         topic: String,
         join_ref: String,
-        m: Message,
-        channel: Box<dyn channel::Channel>,
-    ) -> Option<(String, Joined)> {
+        ref_: Option<String>,
+        payload: Payload,
+    ) -> JoinResult {
+        let Some(channel) = self.endpoint.router.route(&topic) else {
+            return JoinResult::Unmatched;
+        };
         let config = &self.endpoint.config;
-        let id = self.next_channel_id;
-        self.next_channel_id += 1;
         let req = JoinRequest {
             id,
-            topic: topic.clone(),
-            join_ref: join_ref.clone(),
-            ref_: m.ref_.clone(),
-            payload: m.payload,
+            topic,
+            join_ref,
+            ref_,
+            payload,
             channel,
             assigns: self.assigns.clone(),
             conn: self.conn.clone(),
@@ -378,108 +387,74 @@ impl Socket {
                 Err(e) => {
                     log::error!("conn {}: cannot start channel thread: {e}", self.conn.shared.id);
                     crate::metrics::refused_join("no_thread");
-                    let reason = json!({"reason": "server at capacity"}).into();
-                    self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
-                    return None;
+                    return JoinResult::AtCapacity;
                 }
             };
-        match self.wait_join(id, config.join_timeout) {
+        let result = match self.wait_join(id, config.join_timeout) {
             Some(JoinOutcome::Joined) => {
-                let joined = Joined {
-                    id,
-                    join_ref,
-                    tx: spawned.tx,
-                    control: spawned.control,
-                    thread: spawned.thread,
-                    leaving: None,
-                };
-                return Some((topic, joined));
+                let channel_server::Spawned { tx, control, thread } = spawned;
+                self.channels.insert(id, ChannelProc { tx, control, thread });
+                return JoinResult::Joined;
             }
-            Some(JoinOutcome::Refused | JoinOutcome::Crashed) => {}
+            Some(JoinOutcome::Refused | JoinOutcome::Crashed) => JoinResult::Answered,
             None => {
-                log::warn!("conn {}: join of {} timed out", self.conn.shared.id, shown(&topic));
+                log::warn!("conn {}: join of channel {id} timed out", self.conn.shared.id);
                 crate::metrics::refused_join("join_timeout");
-                let reason = json!({"reason": "join timeout"}).into();
-                self.reply(Some(&join_ref), m.ref_.as_deref(), &topic, "error", &reason);
+                JoinResult::TimedOut
             }
-        }
+        };
         // Dropping the inbox sender tells a late join to exit silently.
         drop(spawned.tx);
         self.retired.insert(id, spawned.thread);
-        None
+        result
     }
 
-    /// `phx_leave`: the channel replies ok and exits; the socket waits for that (without
-    /// blocking its read loop) until `channel_send_timeout`, then completes the leave itself.
-    fn leave(&mut self, m: Message) {
-        let Some(joined) = self.channels.get_mut(&m.topic) else {
-            return self.leave_ok(&m); // not joined: Phoenix answers ok so the leave completes
+    /// Sends `phx_leave` to channel `id` without waiting: the channel replies and exits, and
+    /// `SocketState` completes the leave itself if it has not by its deadline.
+    fn send_leave(&mut self, id: u64, topic: &str, ref_: Option<String>) -> Vec<Effect> {
+        let Some(proc) = self.channels.get(&id) else {
+            return self.state.leave_undeliverable(topic, Undeliverable::Gone);
         };
-        if m.join_ref.as_ref().is_some_and(|jr| *jr != joined.join_ref) {
-            return; // stale: the client raced a server-side close
-        }
-        if joined.leaving.is_some() {
-            return self.abandon(&m.topic, m.ref_); // asked twice: the client is done waiting
-        }
-        let deadline = Instant::now() + self.endpoint.config.channel_send_timeout;
-        match joined.tx.try_send(channel::Msg::Leave { ref_: m.ref_.clone() }) {
-            Ok(()) => joined.leaving = Some(Leave { ref_: m.ref_, deadline }),
-            // Its inbox is full: the channel is far behind, so do not wait for it at all.
-            Err(TrySendError::Full(_)) => self.abandon(&m.topic, m.ref_),
-            // It just exited (its exit notice is on the way): nothing left to leave.
-            Err(TrySendError::Disconnected(_)) => self.leave_ok(&m),
+        match proc.tx.try_send(channel::Msg::Leave { ref_ }) {
+            Ok(()) => Vec::new(),
+            Err(TrySendError::Full(_)) => {
+                self.state.leave_undeliverable(topic, Undeliverable::Busy)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.state.leave_undeliverable(topic, Undeliverable::Gone)
+            }
         }
     }
 
-    fn leave_ok(&self, m: &Message) {
-        let (join_ref, ref_) = (m.join_ref.as_deref(), m.ref_.as_deref());
-        self.reply(join_ref, ref_, &m.topic, "ok", &Payload::empty());
-    }
-
-    /// Completes a leave the channel did not acknowledge in time (it is stuck in a callback):
-    /// the client gets what Phoenix sends, an `ok` reply and `phx_close`, the route is
-    /// forgotten so the topic can be joined again, and the channel is told to stop whenever
-    /// it returns. If it then also handles the leave, the client sees a second reply and
-    /// `phx_close` for the old join_ref, which phoenix.js ignores.
-    fn abandon(&mut self, topic: &str, ref_: Option<String>) {
-        let Some(joined) = self.channels.remove(topic) else { return };
-        log::warn!(
-            "conn {}: channel {} did not leave in time; forgetting it",
-            self.conn.shared.id,
-            shown(topic)
-        );
-        joined.control.force_send(channel::Msg::Stop(Stop::Closed));
-        let empty = Payload::empty();
-        self.reply(Some(&joined.join_ref), ref_.as_deref(), topic, "ok", &empty);
-        self.conn.send_message(&Outgoing::control(&joined.join_ref, topic, EVENT_CLOSE, &empty));
-        self.retired.insert(joined.id, joined.thread);
-        self.abandoned.insert(topic.to_string(), joined.id);
-    }
-
-    /// Gives up on every leave whose deadline has passed.
-    fn expire_leaves(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<(String, Option<String>)> = self
-            .channels
-            .iter_mut()
-            .filter(|(_, j)| j.leaving.as_ref().is_some_and(|l| l.deadline <= now))
-            .map(|(topic, j)| (topic.clone(), j.leaving.take().and_then(|l| l.ref_)))
-            .collect();
-        for (topic, ref_) in expired {
-            self.abandon(&topic, ref_);
+    /// Hands an event to channel `id`, waiting (bounded) while its mailbox is full.
+    fn push(
+        &mut self,
+        id: u64,
+        topic: &str,
+        event: String,
+        payload: Payload,
+        ref_: Option<String>,
+    ) -> Vec<Effect> {
+        let Some(proc) = self.channels.get(&id) else {
+            return self.state.undeliverable(topic, ref_, Undeliverable::Gone);
+        };
+        let msg = channel::Msg::In { event, payload, ref_: ref_.clone() };
+        match proc.tx.send_timeout(msg, self.endpoint.config.channel_send_timeout) {
+            Ok(()) => Vec::new(),
+            Err(SendTimeoutError::Disconnected(_)) => {
+                self.state.undeliverable(topic, ref_, Undeliverable::Gone)
+            }
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.state.undeliverable(topic, ref_, Undeliverable::Busy)
+            }
         }
-    }
-
-    /// The earliest deadline of a leave in flight.
-    fn next_leave_deadline(&self) -> Option<Instant> {
-        self.channels.values().filter_map(|j| j.leaving.as_ref().map(|l| l.deadline)).min()
     }
 
     /// The read loop sleeps in `read`; while a leave is in flight, it must wake at its
     /// deadline, so the read timeout is shortened to it (and restored to the idle timeout).
     fn arm_read_timeout(&mut self, ws: &WebSocket<WsStream>) {
         let idle = self.endpoint.config.idle_timeout;
-        let timeout = match self.next_leave_deadline() {
+        let timeout = match self.state.next_deadline() {
             Some(deadline) => idle.min(deadline.saturating_duration_since(Instant::now())),
             None => idle,
         };
@@ -501,61 +476,10 @@ impl Socket {
         timed_out && self.read_timeout < self.endpoint.config.idle_timeout
     }
 
-    /// Before a rejoin of a topic whose channel was abandoned, waits (bounded) until that
-    /// channel has left PubSub, so the client does not receive every broadcast twice.
-    fn await_abandoned(&mut self, topic: &str) {
-        let Some(id) = self.abandoned.remove(topic) else { return };
-        if !self.wait_exit(id, Duration::from_secs(5)) {
-            log::warn!("conn {}: abandoned channel {id} still runs", self.conn.shared.id);
-        }
-    }
-
-    fn forward(&mut self, m: Message) -> Result<(), End> {
-        // A channel that was asked to leave handles nothing more: it exits right after the
-        // leave, and an event queued behind it would be dropped without an answer.
-        let joined = self.channels.get(&m.topic).filter(|j| j.leaving.is_none());
-        let Some(joined) = joined else {
-            self.reply_unmatched(&m);
-            return Ok(());
-        };
-        if m.join_ref.as_ref().is_some_and(|jr| *jr != joined.join_ref) {
-            return Ok(()); // stale join_ref: dropped (Phoenix 1.8.3+); null is accepted
-        }
-        let msg =
-            channel::Msg::In { event: m.event.clone(), payload: m.payload, ref_: m.ref_.clone() };
-        match joined.tx.send_timeout(msg, self.endpoint.config.channel_send_timeout) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Disconnected(_)) => {
-                // The channel just exited; its exit notice is on the way.
-                let unmatched = Message { payload: Payload::empty(), ..m };
-                self.reply_unmatched(&unmatched);
-                Ok(())
-            }
-            Err(SendTimeoutError::Timeout(_)) => {
-                log::warn!(
-                    "conn {}: channel {} is not keeping up",
-                    self.conn.shared.id,
-                    shown(&m.topic)
-                );
-                Err(End::Close(CLOSE_INTERNAL, format!("channel {} overloaded", m.topic)))
-            }
-        }
-    }
-
-    fn reply_unmatched(&self, m: &Message) {
-        let reason = json!({"reason": "unmatched topic"}).into();
-        self.reply(None, m.ref_.as_deref(), &m.topic, "error", &reason);
-    }
-
-    fn reply(
-        &self,
-        join_ref: Option<&str>,
-        ref_: Option<&str>,
-        topic: &str,
-        status: &str,
-        p: &Payload,
-    ) {
-        self.conn.send_message(&Outgoing::reply(join_ref, ref_, topic, status, p));
+    fn reply(&self, r: &Reply) {
+        let (join_ref, ref_) = (r.join_ref.as_deref(), r.ref_.as_deref());
+        let out = Outgoing::reply(join_ref, ref_, &r.topic, r.status, &r.payload);
+        self.conn.send_message(&out);
     }
 
     /// Handles every notice already queued, without waiting.
@@ -599,31 +523,52 @@ impl Socket {
     }
 
     fn exited(&mut self, id: u64) {
-        self.abandoned.retain(|_, abandoned| *abandoned != id);
-        if let Some(thread) = self.retired.remove(&id) {
+        self.state.exited(id);
+        let thread = match self.retired.remove(&id) {
+            Some(thread) => Some(thread),
+            None => self.channels.remove(&id).map(|proc| proc.thread),
+        };
+        if let Some(thread) = thread {
             let _ = thread.join();
-            return;
-        }
-        let topic = self.channels.iter().find(|(_, j)| j.id == id).map(|(t, _)| t.clone());
-        if let Some(joined) = topic.and_then(|t| self.channels.remove(&t)) {
-            let _ = joined.thread.join();
         }
     }
 
     /// Stops every channel, closes the WebSocket the way `end` says, and waits (bounded) for
     /// the channel threads.
     fn teardown(&mut self, ws: &mut WebSocket<WsStream>, end: End) {
+        crate::logger::conn_closed(self.conn.shared.id, format_args!("{end:?}"));
+        self.stop_all(&end);
+        self.close_websocket(ws, end);
+        self.conn.shared.shutdown_tcp();
+        self.await_channels();
+        self.conn.shared.join_flusher();
+    }
+
+    /// Ends a socket process that has no WebSocket to close (LongPoll).
+    fn finish(&mut self, end: End) {
+        crate::logger::conn_closed(self.conn.shared.id, format_args!("{end:?}"));
+        self.stop_all(&end);
+        self.await_channels();
+    }
+
+    /// Leaves the socket id's topic and tells every channel to stop.
+    fn stop_all(&mut self, end: &End) {
+        if let Some((id, sub)) = self.socket_id.take() {
+            self.endpoint.pubsub.unsubscribe(&id, sub);
+        }
         let stop = match end {
             End::Requested(CloseReason::Shutdown) => Stop::Shutdown,
             _ => Stop::Closed,
         };
-        for (_, joined) in self.channels.drain() {
-            joined.control.force_send(channel::Msg::Stop(stop));
-            self.retired.insert(joined.id, joined.thread);
+        self.state.drain();
+        let ids: Vec<u64> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.stop_channel(id, stop);
         }
-        crate::logger::conn_closed(self.conn.shared.id, format_args!("{end:?}"));
-        self.close_websocket(ws, end);
-        self.conn.shared.shutdown_tcp();
+    }
+
+    /// Waits (bounded by half the shutdown timeout) for every stopped channel to exit.
+    fn await_channels(&mut self) {
         let deadline = Instant::now() + self.endpoint.config.shutdown_timeout / 2;
         while !self.retired.is_empty() {
             match self.notices.recv_deadline(deadline) {
@@ -638,7 +583,6 @@ impl Socket {
                 self.retired.len()
             );
         }
-        self.conn.shared.join_flusher();
     }
 
     fn close_websocket(&self, ws: &mut WebSocket<WsStream>, end: End) {

@@ -121,18 +121,12 @@ pub(crate) enum HandshakeFailure {
 /// itself, see `conn.rs`), or an error status written here, as the connection then ends.
 pub(crate) fn accept(
     tcp: Arc<TcpStream>,
+    (head, rest): (RequestHead, Vec<u8>),
     outbox: &Arc<ConnShared>,
     peer_addr: SocketAddr,
     endpoint: &Endpoint,
 ) -> Result<(WebSocket<WsStream>, Session), HandshakeFailure> {
     let config = &endpoint.config;
-    let deadline = Instant::now() + config.handshake_timeout;
-    let (head, rest) = match http1::read_head(&tcp, deadline) {
-        Ok(read) => read,
-        Err(HeadError::TooLarge) => return Err(refuse(&tcp, 431, "request head too large")),
-        Err(HeadError::Malformed) => return Err(refuse(&tcp, 400, "malformed HTTP request")),
-        Err(e) => return Err(HandshakeFailure::Failed(e.to_string())),
-    };
     let (headers, session) = match upgrade(&head, peer_addr, config, &endpoint.connect) {
         Ok(accepted) => accepted,
         Err(Refusal { status, body }) => return Err(refuse(&tcp, status, body)),
@@ -156,12 +150,27 @@ pub(crate) fn accept(
     Ok((ws, session))
 }
 
+/// Reads the request head (within `handshake_timeout`); a head too large or malformed is
+/// answered here. Returns the head and whatever the client sent after it.
+pub(crate) fn read_request(
+    tcp: &TcpStream,
+    config: &Config,
+) -> Result<(RequestHead, Vec<u8>), HandshakeFailure> {
+    let deadline = Instant::now() + config.handshake_timeout;
+    match http1::read_head(tcp, deadline) {
+        Ok(read) => Ok(read),
+        Err(HeadError::TooLarge) => Err(refuse(tcp, 431, "request head too large")),
+        Err(HeadError::Malformed) => Err(refuse(tcp, 400, "malformed HTTP request")),
+        Err(e) => Err(HandshakeFailure::Failed(e.to_string())),
+    }
+}
+
 /// Answers a refused upgrade and half-closes. The connection is over, so this thread writes
 /// itself (its TCP page fragment is freed when it exits a moment later). What the client is
 /// still sending (the rest of an oversized head) is read and dropped for a moment first:
 /// closing with unread data would make the kernel reset the connection, and the client could
 /// lose our answer.
-fn refuse(mut tcp: &TcpStream, status: u16, body: &str) -> HandshakeFailure {
+pub(crate) fn refuse(mut tcp: &TcpStream, status: u16, body: &str) -> HandshakeFailure {
     let _ = tcp.write_all(&http1::response(status, &[], body));
     let _ = tcp.shutdown(std::net::Shutdown::Write);
     let deadline = Instant::now() + REFUSE_LINGER;
@@ -187,9 +196,9 @@ const REFUSE_LINGER_BYTES: usize = 64 * 1024;
 type ResponseHeaders = Vec<(&'static str, String)>;
 
 /// An upgrade refused with `status` and a plain-text `body` (empty, as Phoenix's, for 403/404).
-struct Refusal {
-    status: u16,
-    body: &'static str,
+pub(crate) struct Refusal {
+    pub status: u16,
+    pub body: &'static str,
 }
 
 impl From<u16> for Refusal {
@@ -214,14 +223,6 @@ fn upgrade(
     if req.method != "GET" {
         return Err(Refusal { status: 400, body: "the websocket endpoint only accepts GET" });
     }
-    let origin = req.header("origin");
-    if !origin_allowed(origin, &config.check_origin) {
-        let origin = crate::logger::shown(origin.unwrap_or(""));
-        log::warn!("refused websocket from {peer_addr}: origin {origin} not allowed");
-        return Err(403.into());
-    }
-    let mut params = parse_query(&req.query);
-    let vsn = Vsn::negotiate(params.remove("vsn").as_deref()).ok_or(403u16)?;
     let protocols = Subprotocols::parse(req.header("sec-websocket-protocol"));
     let mut headers = Vec::with_capacity(4);
     if protocols.offered_phoenix {
@@ -231,19 +232,40 @@ fn upgrade(
         // "phoenix" (Phoenix answers 403 here too).
         return Err(403.into());
     }
+    let session = connect_session(req, peer_addr, config, connect, protocols.auth_token)?;
+    let key = valid_upgrade(req).map_err(|body| Refusal { status: 400, body })?;
+    headers.push(("upgrade", "websocket".to_string()));
+    headers.push(("connection", "Upgrade".to_string()));
+    headers.push(("sec-websocket-accept", derive_accept_key(key.as_bytes())));
+    Ok((headers, session))
+}
+
+/// The transport-independent part of a connect (WebSocket upgrade or LongPoll session): the
+/// origin, the params and `vsn`, and the application's connect callback.
+pub(crate) fn connect_session(
+    req: &RequestHead,
+    peer_addr: SocketAddr,
+    config: &Config,
+    connect: &ConnectFn,
+    auth_token: Option<String>,
+) -> Result<Session, Refusal> {
+    let origin = req.header("origin");
+    if !origin_allowed(origin, &config.check_origin) {
+        let origin = crate::logger::shown(origin.unwrap_or(""));
+        log::warn!("refused socket from {peer_addr}: origin {origin} not allowed");
+        return Err(403.into());
+    }
+    let mut params = parse_query(&req.query);
+    let vsn = Vsn::negotiate(params.remove("vsn").as_deref()).ok_or(403u16)?;
     let info = ConnectInfo {
         params,
-        auth_token: protocols.auth_token,
+        auth_token,
         peer_addr,
         user_agent: req.header("user-agent").map(str::to_string),
         x_headers: x_headers(req),
     };
     let connected = connect(&info).map_err(|r| Refusal::from(r.status))?;
-    let key = valid_upgrade(req).map_err(|body| Refusal { status: 400, body })?;
-    headers.push(("upgrade", "websocket".to_string()));
-    headers.push(("connection", "Upgrade".to_string()));
-    headers.push(("sec-websocket-accept", derive_accept_key(key.as_bytes())));
-    Ok((headers, Session { vsn, assigns: connected.assigns, socket_id: connected.id }))
+    Ok(Session { vsn, assigns: connected.assigns, socket_id: connected.id })
 }
 
 /// RFC 6455 §4.2.1: the request must be an HTTP/1.1 upgrade to `websocket`, version 13, with a

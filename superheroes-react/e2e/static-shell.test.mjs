@@ -61,6 +61,8 @@ test("the built app renders its shell and reports an unreachable server as offli
   const url = server.resolvedUrls.local[0];
   const { page, console: consoleWatch } = await openApp(browser.context, url, "static shell");
   consoleWatch.allow(/WebSocket connection to .* failed/i);
+  // The WebSocket fails, so phoenix.js falls back to LongPoll (longPollFallbackMs), which fails too.
+  consoleWatch.allow(/ERR_CONNECTION_REFUSED/);
 
   await page.getByRole("heading", { name: "Superheroes", level: 1 }).waitFor({ timeout: 10_000 });
   await waitForBadge(page, "offline", 10_000);

@@ -22,7 +22,8 @@ function render(props) {
 render({ config: null, socket: null });
 
 loadConfig({ env: import.meta.env }).then((config) => {
-  socket = new Socket(config.socket_url, { params: {} });
+  // Behind a proxy that breaks WebSockets, switch to LongPoll (same channels) after 2.5 s.
+  socket = new Socket(config.socket_url, { params: {}, longPollFallbackMs: 2500 });
   socket.connect();
   render({ config, socket });
 });

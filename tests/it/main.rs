@@ -17,6 +17,10 @@ mod scale;
 mod ws_hardening;
 // The binary restarts its private PostgreSQL after kill -9; /healthz says 503 meanwhile.
 pub mod supervision;
+// The LongPoll transport: 410/200/204/403, session expiry, eviction, tokens, the slot it takes.
+mod longpoll;
+// Per-connection rate limits: bursts pass, refusals, and the close after sustained abuse.
+mod rate_limits;
 // Presence: state and diffs over real sockets, every way a member leaves, limits.
 mod presence;
 // Issue #13: three binaries on one PostgreSQL with --cluster.
