@@ -31,8 +31,17 @@ OPTIONS (environment variable in brackets):
     --max-channels N          per connection [PHX_MAX_CHANNELS, default 100]
     --max-frame-bytes N       [PHX_MAX_FRAME_BYTES, default 1048576]
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
-    --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
-                              [PHX_CHECK_ORIGIN, default: any]
+    --check-origin LIST       origins allowed besides the request's own host (compared by
+                              hostname): example.com, //*.example.com, https://x.com:8443;
+                              `any` turns the check off [PHX_CHECK_ORIGIN, default: none]
+    --secret-key-base KEY     verify Phoenix.Token tokens signed with this key base (the
+                              Phoenix app's secret_key_base, >= 20 bytes); connects then
+                              need a valid token [PHX_SECRET_KEY_BASE]
+    --token-salt SALT         Phoenix.Token salt [PHX_TOKEN_SALT, default: user socket]
+    --token-max-age-s N       Phoenix tokens older than N s are expired
+                              [PHX_TOKEN_MAX_AGE_S, default 86400]
+    --jwt-secret KEY          verify JWT HS256 tokens with this key (>= 32 bytes); connects
+                              then need a valid token [PHX_JWT_SECRET]
     --http-max-connections N  open REST connections; more get 503
                               [PHX_HTTP_MAX_CONNECTIONS, default 1024]
     --http-head-timeout-ms N  a REST request head, and a keep-alive wait, must end within
@@ -75,6 +84,8 @@ pub struct Args {
     pub http_body_timeout: Duration,
     /// Bound on the superheroes table (`store::StoreConfig::max_superheroes`).
     pub max_superheroes: usize,
+    /// Token secrets for the connect callback (`auth::AuthConfig`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -123,6 +134,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         http_head_timeout: HttpConfig::default().head_timeout,
         http_body_timeout: HttpConfig::default().body_timeout,
         max_superheroes: crate::store::superheroes::MAX_ROWS,
+        auth: crate::auth::AuthConfig::default(),
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -146,6 +158,10 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
         ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
         ("PHX_MAX_SUPERHEROES", "--max-superheroes"),
+        ("PHX_SECRET_KEY_BASE", "--secret-key-base"),
+        ("PHX_TOKEN_SALT", "--token-salt"),
+        ("PHX_TOKEN_MAX_AGE_S", "--token-max-age-s"),
+        ("PHX_JWT_SECRET", "--jwt-secret"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -173,10 +189,11 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
             args.ws.idle_timeout = std::time::Duration::from_millis(number()? as u64)
         }
         "--max-superheroes" => args.max_superheroes = number()?,
-        "--check-origin" => {
-            args.ws.check_origin =
-                value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
-        }
+        "--check-origin" => args.ws.check_origin = origins(value)?,
+        "--secret-key-base" => args.auth.secret_key_base = Some(value.to_string()),
+        "--token-salt" => args.auth.token_salt = value.to_string(),
+        "--token-max-age-s" => args.auth.token_max_age = Duration::from_secs(number()? as u64),
+        "--jwt-secret" => args.auth.jwt_secret = Some(value.to_string()),
         "--http-max-connections" => args.http_max_connections = number()?,
         "--http-head-timeout-ms" => args.http_head_timeout = millis(number()?),
         "--http-body-timeout-ms" => args.http_body_timeout = millis(number()?),
@@ -192,6 +209,13 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())
+}
+
+fn origins(value: &str) -> Result<Vec<String>, String> {
+    let entries: Vec<String> =
+        value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    entries.iter().try_for_each(|e| crate::origin::validate_entry(e))?;
+    Ok(entries)
 }
 
 fn millis(n: usize) -> Duration {

@@ -44,7 +44,7 @@ pub struct Config {
     pub channel_send_timeout: Duration,
     /// Graceful shutdown: every connection closed and every thread joined within this.
     pub shutdown_timeout: Duration,
-    /// Only these `Origin` hosts may connect (`example.com`, `*.example.com`); empty allows any.
+    /// Origins allowed besides the request's own host (`crate::origin`); `any` allows all.
     pub check_origin: Vec<String>,
     /// Stack sizes of the per-connection thread kinds (bytes of address space; only the
     /// touched pages cost memory). The flusher runs only while a client is behind.

@@ -8,9 +8,11 @@
 pub mod cli;
 pub mod config;
 pub mod logger;
+pub mod origin;
 pub mod process;
 pub mod protocol;
 
+pub mod auth;
 pub mod channel;
 pub mod http;
 pub mod presence;

@@ -52,7 +52,8 @@ fn serve(args: Args) -> Result<(), String> {
         false => database(&args).map(|(s, c)| (Some(s), c))?,
     };
     let lobby = store.clone().map(Lobby::new);
-    let ws = server::start(args.ws.clone(), app::router(lobby.clone()), app::connect())
+    let verifier = phx_threads::auth::Verifier::new(&args.auth)?.map(std::sync::Arc::new);
+    let ws = server::start(args.ws.clone(), app::router(lobby.clone()), app::connect(verifier))
         .map_err(|e| format!("cannot listen on {}: {e}", args.ws.ws_addr))?;
     let pubsub = ws.pubsub();
     let listener = match (&store, lobby) {

@@ -11,10 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::auth::{Verified, Verifier};
+use crate::channel::Assigns;
 use crate::channel::{ChannelCtx, Router};
 use crate::presence::Presence;
 use crate::protocol::Payload;
-use crate::socket::transport::{ConnectFn, Connected};
+use crate::socket::transport::{ConnectFn, ConnectInfo, Connected, Refused};
 use lobby::Lobby;
 
 /// The socket's channel routes: the chat (`room:*`) and, with a database, the superheroes lobby;
@@ -35,16 +37,43 @@ pub fn router(lobby: Option<Lobby>) -> Router {
     }
 }
 
-/// The connect callback: accepts everyone, and keeps the `user_id` param (the chat's presence
-/// key) in the socket's assigns.
-pub fn connect() -> ConnectFn {
-    Arc::new(|info| {
-        let mut connected = Connected::default();
-        if let Some(id) = info.params.get("user_id").filter(|id| !id.is_empty()) {
-            connected.assigns.insert("user_id".into(), Value::String(id.clone()));
+/// The connect callback. Without a verifier it accepts everyone and keeps the `user_id` param
+/// (the chat's presence key) in the socket's assigns. With one (a secret is configured), only a
+/// valid token connects, from the `token` param or the `authToken` subprotocol, and the
+/// assigns come from it (`token_assigns`); the `user_id` param is ignored then.
+pub fn connect(verifier: Option<Arc<Verifier>>) -> ConnectFn {
+    Arc::new(move |info| {
+        let Some(verifier) = &verifier else { return Ok(anonymous(info)) };
+        let token = info.params.get("token").or(info.auth_token.as_ref());
+        match verifier.verify(token.map(String::as_str)) {
+            Ok(verified) => Ok(Connected { assigns: token_assigns(verified), id: None }),
+            Err(e) => Err(Refused::forbidden(e.to_string())),
         }
-        Ok(connected)
     })
+}
+
+fn anonymous(info: &ConnectInfo) -> Connected {
+    let mut connected = Connected::default();
+    if let Some(id) = info.params.get("user_id").filter(|id| !id.is_empty()) {
+        connected.assigns.insert("user_id".into(), Value::String(id.clone()));
+    }
+    connected
+}
+
+/// A JWT's claims, or a Phoenix token's map, are the assigns; any other Phoenix token data
+/// (`Phoenix.Token.sign(endpoint, salt, user.id)`, the guides' idiom) is the `user_id`. The
+/// chat's presence key is a string, so a numeric `user_id` is turned into its decimal text.
+fn token_assigns(verified: Verified) -> Assigns {
+    let mut assigns = match verified {
+        Verified::Jwt(claims) => claims,
+        Verified::Phoenix(Value::Object(map)) => map,
+        Verified::Phoenix(data) => Assigns::from_iter([("user_id".to_string(), data)]),
+    };
+    if let Some(Value::Number(n)) = assigns.get("user_id") {
+        let text = n.to_string();
+        assigns.insert("user_id".into(), Value::String(text));
+    }
+    assigns
 }
 
 /// Tracks `key` with `{"online_at": <unix seconds>}` and pushes `presence_state` once joined;

@@ -19,6 +19,8 @@ mod ws_hardening;
 pub mod supervision;
 // Presence: state and diffs over real sockets, every way a member leaves, limits.
 mod presence;
+// Issue #14 part 2: signed tokens, the origin rule, per-address limits.
+mod security;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;
