@@ -34,6 +34,9 @@ OPTIONS (environment variable in brackets):
     --check-origin LIST       origins allowed besides the request's own host (compared by
                               hostname): example.com, //*.example.com, https://x.com:8443;
                               `any` turns the check off [PHX_CHECK_ORIGIN, default: none]
+    --cors-origins LIST       comma-separated origins (https://app.example.com) whose pages
+                              may call the REST API [PHX_CORS_ORIGINS, default: none, CORS
+                              off; the bundled client is same-origin]
     --secret-key-base KEY     verify Phoenix.Token tokens signed with this key base (the
                               Phoenix app's secret_key_base, >= 20 bytes); connects then
                               need a valid token [PHX_SECRET_KEY_BASE]
@@ -84,6 +87,8 @@ pub struct Args {
     pub http_body_timeout: Duration,
     /// Bound on the superheroes table (`store::StoreConfig::max_superheroes`).
     pub max_superheroes: usize,
+    /// `HttpConfig::cors_origins`.
+    pub cors_origins: Vec<String>,
     /// Token secrets for the connect callback (`auth::AuthConfig`).
     pub auth: crate::auth::AuthConfig,
 }
@@ -134,6 +139,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         http_head_timeout: HttpConfig::default().head_timeout,
         http_body_timeout: HttpConfig::default().body_timeout,
         max_superheroes: crate::store::superheroes::MAX_ROWS,
+        cors_origins: Vec::new(),
         auth: crate::auth::AuthConfig::default(),
     };
     for (var, flag) in [
@@ -158,6 +164,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_PRESENCE_MAX_METAS_PER_KEY", "--presence-max-metas-per-key"),
         ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
         ("PHX_MAX_SUPERHEROES", "--max-superheroes"),
+        ("PHX_CORS_ORIGINS", "--cors-origins"),
         ("PHX_SECRET_KEY_BASE", "--secret-key-base"),
         ("PHX_TOKEN_SALT", "--token-salt"),
         ("PHX_TOKEN_MAX_AGE_S", "--token-max-age-s"),
@@ -190,6 +197,7 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         }
         "--max-superheroes" => args.max_superheroes = number()?,
         "--check-origin" => args.ws.check_origin = origins(value)?,
+        "--cors-origins" => args.cors_origins = list(value),
         "--secret-key-base" => args.auth.secret_key_base = Some(value.to_string()),
         "--token-salt" => args.auth.token_salt = value.to_string(),
         "--token-max-age-s" => args.auth.token_max_age = Duration::from_secs(number()? as u64),
@@ -211,9 +219,12 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
+}
+
 fn origins(value: &str) -> Result<Vec<String>, String> {
-    let entries: Vec<String> =
-        value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    let entries = list(value);
     entries.iter().try_for_each(|e| crate::origin::validate_entry(e))?;
     Ok(entries)
 }

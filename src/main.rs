@@ -73,6 +73,7 @@ fn serve(args: Args) -> Result<(), String> {
         max_connections: args.http_max_connections,
         head_timeout: args.http_head_timeout,
         body_timeout: args.http_body_timeout,
+        cors_origins: args.cors_origins.clone(),
         ..HttpConfig::default()
     };
     let http = http::start(http_config, HttpDeps { store })

@@ -10,13 +10,14 @@
 //! costs one 500, not a worker.
 //!
 //! **API Boundary:** `openapi.yaml` is the contract (a test checks it against `ROUTES`);
-//! `ApiError` is the only error that reaches a client. Every response carries
-//! `Access-Control-Allow-Origin: *`.
+//! `ApiError` is the only error that reaches a client. CORS headers only for the origins
+//! `--cors-origins` lists (`cors.rs`).
 //!
 //! The module does not depend on the WebSocket core: REST writes reach channels through the
 //! store's NOTIFY events.
 
 pub mod api;
+pub mod cors;
 pub mod handlers;
 pub mod router;
 
@@ -65,6 +66,8 @@ pub struct HttpConfig {
     /// A request body must arrive whole within this (408). Bodies are read on the
     /// connection's thread, so a slow one never holds a worker.
     pub body_timeout: Duration,
+    /// Origins (`https://app.example.com`) whose pages may call the API; empty: CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -79,6 +82,7 @@ impl Default for HttpConfig {
             max_connections: 1024,
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -230,9 +234,9 @@ impl Worker {
     }
 }
 
-/// Routes, reads the body if the route takes one, and runs the handler.
+/// Answers a request, with the CORS headers its origin may get.
 fn handle(request: &mut tiny_http::Request, ctx: &Ctx) -> ApiResponse {
-    let mut api = ApiRequest {
+    let api = ApiRequest {
         method: Method::parse(request.method().as_str()),
         path: path_of(request.url()).to_owned(),
         headers: request
@@ -242,6 +246,13 @@ fn handle(request: &mut tiny_http::Request, ctx: &Ctx) -> ApiResponse {
             .collect(),
         body: Vec::new(),
     };
+    let origin = api.header("origin").map(str::to_owned);
+    let response = route_and_run(request, api, ctx);
+    cors::decorate(response, origin.as_deref(), &ctx.config.cors_origins)
+}
+
+/// Routes, reads the body if the route takes one, and runs the handler.
+fn route_and_run(request: &mut tiny_http::Request, mut api: ApiRequest, ctx: &Ctx) -> ApiResponse {
     let (route, params) = match router::decide(&api, ctx) {
         Decision::Respond(response) => return response,
         Decision::Handle { route, params } => (route, params),
@@ -307,15 +318,7 @@ fn to_tiny(response: ApiResponse) -> tiny_http::Response<Box<dyn Read + Send>> {
             tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
         })
         .collect();
-    let always = [
-        ("Access-Control-Allow-Origin", "*"),
-        // Lets browser code on other origins read `Location` after a create.
-        ("Access-Control-Expose-Headers", "Location"),
-        ("Server", "phx-threads"),
-    ];
-    for (name, value) in always {
-        headers.push(tiny_http::Header::from_bytes(name, value).expect("static header is valid"));
-    }
+    headers.push(tiny_http::Header::from_bytes("Server", "phx-threads").expect("static header"));
     let (reader, len): (Box<dyn Read + Send>, usize) = match response.body {
         Body::Empty => (Box::new(std::io::empty()), 0),
         Body::Bytes(bytes) => {
