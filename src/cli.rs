@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::http::HttpConfig;
+use crate::limits::TrustedProxies;
 
 pub const HELP: &str = "\
 phx-threads: a Phoenix Channels server on OS threads
@@ -28,6 +29,8 @@ OPTIONS (environment variable in brackets):
     --max-connections N       [PHX_MAX_CONNECTIONS, default 16000]
     --max-handshakes N        upgrades in progress; the oldest is dropped for a new one
                               [PHX_MAX_HANDSHAKES, default 1024]
+    --ws-max-per-address N    open WebSocket connections from one address; more get 503
+                              [PHX_WS_MAX_PER_ADDRESS, default 1024]
     --max-channels N          per connection [PHX_MAX_CHANNELS, default 100]
     --max-frame-bytes N       [PHX_MAX_FRAME_BYTES, default 1048576]
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
@@ -47,6 +50,16 @@ OPTIONS (environment variable in brackets):
                               then need a valid token [PHX_JWT_SECRET]
     --http-max-connections N  open REST connections; more get 503
                               [PHX_HTTP_MAX_CONNECTIONS, default 1024]
+    --http-max-per-address N  open REST connections from one address; more get 503
+                              [PHX_HTTP_MAX_PER_ADDRESS, default 256]
+    --rest-write-rate N       REST writes (POST/PUT/PATCH/DELETE) per second per client
+                              address, beyond the burst; more get 429 with Retry-After;
+                              0 turns it off [PHX_REST_WRITE_RATE, default 10]
+    --rest-write-burst N      writes a client may send at once [PHX_REST_WRITE_BURST,
+                              default 100]
+    --trusted-proxies LIST    proxy addresses or CIDR blocks whose X-Forwarded-For names
+                              the client; they are exempt from the per-address caps
+                              [PHX_TRUSTED_PROXIES, default: none]
     --http-head-timeout-ms N  a REST request head, and a keep-alive wait, must end within
                               this (408) [PHX_HTTP_HEAD_TIMEOUT_MS, default 10000]
     --http-body-timeout-ms N  a REST request body must arrive within this (408)
@@ -87,6 +100,10 @@ pub struct Args {
     pub http_body_timeout: Duration,
     /// Bound on the superheroes table (`store::StoreConfig::max_superheroes`).
     pub max_superheroes: usize,
+    /// `HttpConfig::max_connections_per_address`, `write_rate_per_s`, `write_burst`.
+    pub http_max_per_address: usize,
+    pub rest_write_rate: u32,
+    pub rest_write_burst: u32,
     /// `HttpConfig::cors_origins`.
     pub cors_origins: Vec<String>,
     /// Token secrets for the connect callback (`auth::AuthConfig`).
@@ -139,6 +156,9 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         http_head_timeout: HttpConfig::default().head_timeout,
         http_body_timeout: HttpConfig::default().body_timeout,
         max_superheroes: crate::store::superheroes::MAX_ROWS,
+        http_max_per_address: HttpConfig::default().max_connections_per_address,
+        rest_write_rate: HttpConfig::default().write_rate_per_s,
+        rest_write_burst: HttpConfig::default().write_burst,
         cors_origins: Vec::new(),
         auth: crate::auth::AuthConfig::default(),
     };
@@ -165,6 +185,11 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_PRESENCE_MAX_PER_TOPIC", "--presence-max-per-topic"),
         ("PHX_MAX_SUPERHEROES", "--max-superheroes"),
         ("PHX_CORS_ORIGINS", "--cors-origins"),
+        ("PHX_WS_MAX_PER_ADDRESS", "--ws-max-per-address"),
+        ("PHX_HTTP_MAX_PER_ADDRESS", "--http-max-per-address"),
+        ("PHX_REST_WRITE_RATE", "--rest-write-rate"),
+        ("PHX_REST_WRITE_BURST", "--rest-write-burst"),
+        ("PHX_TRUSTED_PROXIES", "--trusted-proxies"),
         ("PHX_SECRET_KEY_BASE", "--secret-key-base"),
         ("PHX_TOKEN_SALT", "--token-salt"),
         ("PHX_TOKEN_MAX_AGE_S", "--token-max-age-s"),
@@ -198,6 +223,11 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--max-superheroes" => args.max_superheroes = number()?,
         "--check-origin" => args.ws.check_origin = origins(value)?,
         "--cors-origins" => args.cors_origins = list(value),
+        "--ws-max-per-address" => args.ws.max_connections_per_address = number()?,
+        "--http-max-per-address" => args.http_max_per_address = number()?,
+        "--rest-write-rate" => args.rest_write_rate = small(number()?, flag)?,
+        "--rest-write-burst" => args.rest_write_burst = small(number()?, flag)?,
+        "--trusted-proxies" => args.ws.trusted_proxies = TrustedProxies::parse(value)?,
         "--secret-key-base" => args.auth.secret_key_base = Some(value.to_string()),
         "--token-salt" => args.auth.token_salt = value.to_string(),
         "--token-max-age-s" => args.auth.token_max_age = Duration::from_secs(number()? as u64),
@@ -217,6 +247,10 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())
+}
+
+fn small(n: usize, flag: &str) -> Result<u32, String> {
+    u32::try_from(n).map_err(|_| format!("{flag}: too large: {n}"))
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -289,5 +323,25 @@ mod tests {
         assert_eq!(args.http_head_timeout, Duration::from_millis(1500));
         assert_eq!(args.http_body_timeout, Duration::from_millis(2500));
         assert_eq!(parse_with(&[], &[]).unwrap().http_max_connections, 1024);
+    }
+
+    #[test]
+    fn security_options() {
+        let args = parse_with(
+            &["--rest-write-rate", "0", "--trusted-proxies", "10.0.0.0/8", "--jwt-secret", "s"],
+            &[("PHX_WS_MAX_PER_ADDRESS", "3"), ("PHX_CHECK_ORIGIN", "any")],
+        )
+        .unwrap();
+        assert_eq!(args.rest_write_rate, 0);
+        assert_eq!(args.ws.max_connections_per_address, 3);
+        assert!(args.ws.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        assert_eq!(args.ws.check_origin, ["any"]);
+        assert_eq!(args.auth.jwt_secret.as_deref(), Some("s"));
+        let defaults = parse_with(&[], &[]).unwrap();
+        assert_eq!((defaults.rest_write_rate, defaults.rest_write_burst), (10, 100));
+        assert_eq!(defaults.auth.token_salt, "user socket");
+        let bad = parse_with(&["--trusted-proxies", "proxy.local"], &[]).unwrap_err();
+        assert_eq!(bad, "--trusted-proxies: not an address or CIDR block: proxy.local");
+        assert!(parse_with(&["--check-origin", "a b"], &[]).is_err());
     }
 }

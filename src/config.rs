@@ -15,6 +15,12 @@ pub struct Config {
     pub listen_backlog: i32,
     /// Upgraded connections beyond this get HTTP 503 (only a completed upgrade takes a slot).
     pub max_connections: usize,
+    /// Open connections (upgraded or in their handshake) from one remote address; more get
+    /// 503 from the acceptor. Addresses in `trusted_proxies` are not limited.
+    pub max_connections_per_address: usize,
+    /// Proxies (addresses, CIDR blocks) whose `X-Forwarded-For` is believed, and which the
+    /// per-address cap does not limit (`--trusted-proxies`).
+    pub trusted_proxies: crate::limits::TrustedProxies,
     /// Connections still sending their upgrade request. When a new one arrives with the budget
     /// full, the oldest is dropped: real clients upgrade within a round trip, so only a slow or
     /// hostile one is ever the oldest, and half-open upgrades cannot lock real clients out.
@@ -70,6 +76,8 @@ impl Default for Config {
             listen_backlog: 4096,
             max_connections: 16_000,
             max_handshakes: 1024,
+            max_connections_per_address: 1024,
+            trusted_proxies: crate::limits::TrustedProxies::default(),
             max_channels_per_connection: 100,
             max_frame_bytes: 1 << 20,
             outbound_queue_bytes: 1 << 20,

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod logger;
 pub mod origin;
 pub mod process;

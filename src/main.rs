@@ -74,6 +74,10 @@ fn serve(args: Args) -> Result<(), String> {
         head_timeout: args.http_head_timeout,
         body_timeout: args.http_body_timeout,
         cors_origins: args.cors_origins.clone(),
+        max_connections_per_address: args.http_max_per_address,
+        write_rate_per_s: args.rest_write_rate,
+        write_burst: args.rest_write_burst,
+        trusted_proxies: args.ws.trusted_proxies.clone(),
         ..HttpConfig::default()
     };
     let http = http::start(http_config, HttpDeps { store })

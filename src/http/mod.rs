@@ -35,6 +35,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::http::api::{ApiError, ApiRequest, ApiResponse, Body, Method};
 use crate::http::handlers::Ctx;
 use crate::http::router::Decision;
+use crate::limits::{self, PerAddress, RateLimiter, TrustedProxies};
 use crate::store::Store;
 
 /// Worker stack. Measured with the integration tests (which include Postgres round trips
@@ -68,6 +69,16 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
     /// Origins (`https://app.example.com`) whose pages may call the API; empty: CORS off.
     pub cors_origins: Vec<String>,
+    /// Open connections from one address; more get 503 from the accept thread. Addresses in
+    /// `trusted_proxies` are not limited.
+    pub max_connections_per_address: usize,
+    /// Writes (POST, PUT, PATCH, DELETE) per second one client address may sustain, and how
+    /// many it may send at once; beyond them, 429 with `Retry-After`. A rate of 0 turns the
+    /// limit off (benchmarks).
+    pub write_rate_per_s: u32,
+    pub write_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (`limits::TrustedProxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for HttpConfig {
@@ -83,6 +94,10 @@ impl Default for HttpConfig {
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            max_connections_per_address: 256,
+            write_rate_per_s: 10,
+            write_burst: 100,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -123,7 +138,9 @@ pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
         .map_err(|e| Error::Bind(std::io::Error::other(e.to_string())))?;
     let server = Arc::new(server);
     let n_workers = config.n_workers.max(1);
-    let ctx = Arc::new(Ctx { config, store: deps.store });
+    let writes = (config.write_rate_per_s > 0)
+        .then(|| RateLimiter::new(f64::from(config.write_rate_per_s), config.write_burst));
+    let ctx = Arc::new(Ctx { config, store: deps.store, writes });
     // Nobody sends on this channel: each worker holds a sender, and disconnection means
     // every worker has exited.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -154,7 +171,18 @@ pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
 
 /// What tiny_http enforces before a request reaches a worker (vendor/tiny_http/PATCHES.md).
 fn limits(config: &HttpConfig) -> tiny_http::Limits {
+    let per_address =
+        PerAddress::new(config.max_connections_per_address, config.trusted_proxies.clone());
+    let gate: tiny_http::AddressGate = Arc::new(move |addr| match per_address.admit(addr) {
+        Some(place) => Some(Box::new(place) as Box<dyn std::any::Any + Send>),
+        None => {
+            log::warn!("refusing an http connection from {addr}: max per address reached");
+            limits::count(&limits::REFUSALS.http_per_address);
+            None
+        }
+    });
     tiny_http::Limits {
+        address_gate: Some(gate),
         head_timeout: config.head_timeout,
         body_timeout: config.body_timeout,
         max_body_bytes: config.max_body_bytes,
@@ -247,8 +275,29 @@ fn handle(request: &mut tiny_http::Request, ctx: &Ctx) -> ApiResponse {
         body: Vec::new(),
     };
     let origin = api.header("origin").map(str::to_owned);
-    let response = route_and_run(request, api, ctx);
+    let response = match throttle(request, &api, ctx) {
+        Some(refused) => refused,
+        None => route_and_run(request, api, ctx),
+    };
     cors::decorate(response, origin.as_deref(), &ctx.config.cors_origins)
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up) when the client's address has spent
+/// its budget of writes; reads are not limited.
+fn throttle(request: &tiny_http::Request, api: &ApiRequest, ctx: &Ctx) -> Option<ApiResponse> {
+    let writes = ctx.writes.as_ref()?;
+    if !matches!(api.method, Method::Post | Method::Put | Method::Patch | Method::Delete) {
+        return None;
+    }
+    let peer = request.remote_addr()?.ip();
+    let client = ctx.config.trusted_proxies.client(peer, api.header("x-forwarded-for"));
+    let wait = writes.take(client, Instant::now()).err()?;
+    limits::count(&limits::REFUSALS.rest_writes);
+    log::warn!("{} {}: 429 for {client}", api.method.as_str(), api.path);
+    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let why = format!("at most {} writes per second per client", ctx.config.write_rate_per_s);
+    let error = ApiError::detailed(429, why).with_header("Retry-After", retry_after.to_string());
+    Some(error.into_response())
 }
 
 /// Routes, reads the body if the route takes one, and runs the handler.

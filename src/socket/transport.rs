@@ -248,6 +248,7 @@ fn upgrade(
         x_headers: x_headers(req),
     };
     let connected = connect(&info).map_err(|r| {
+        crate::limits::count(&crate::limits::REFUSALS.connect);
         log::warn!("refused websocket from {peer_addr}: {}", crate::logger::shown(&r.reason));
         Refusal { status: r.status, body: r.reason.into() }
     })?;
@@ -267,6 +268,7 @@ pub(crate) fn check_origin(
 ) -> Result<(), Refusal> {
     crate::origin::check(req.header("origin"), req.header("host"), &config.check_origin).map_err(
         |reason| {
+            crate::limits::count(&crate::limits::REFUSALS.origin);
             log::warn!("refused socket from {peer_addr}: {}", crate::logger::shown(&reason));
             Refusal { status: 403, body: reason.into() }
         },

@@ -1,20 +1,25 @@
 //! Issue #14 part 2 over real loopback sockets: signed tokens in the connect path (Phoenix.Token
-//! and JWT, from the `token` param and the `authToken` subprotocol), the origin rule, and the
-//! per-address limits. Token vectors: tests/it/vectors/tokens.json (gen_tokens.py says how
+//! and JWT, from the `token` param and the `authToken` subprotocol), the origin rule, CORS is
+//! in http_api.rs, and the per-address limits (WebSocket and REST connections, REST writes,
+//! X-Forwarded-For). Token vectors: tests/it/vectors/tokens.json (gen_tokens.py says how
 //! they were produced, independently of the Rust code).
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::http::TestServer as HttpServer;
 use crate::support::http::read_response;
 use crate::support::ws::WsClient;
-use crate::support::{TestServer, test_config, unique_topic};
+use crate::support::{TestServer, eventually, test_config, unique_topic};
 use phx_threads::app;
 use phx_threads::auth::{AuthConfig, Verifier};
+use phx_threads::http::HttpConfig;
+use phx_threads::limits::{REFUSALS, TrustedProxies};
 
 fn vectors() -> Value {
     serde_json::from_str(include_str!("vectors/tokens.json")).unwrap()
@@ -155,4 +160,129 @@ fn the_origin_rule() {
     any.check_origin = vec!["any".into()];
     let open = TestServer::with(any, app::router(None), app::connect(None));
     assert_eq!(upgrade(&open, "", "origin: null\r\n").0, 101, "--check-origin any");
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all ours).
+fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp
+}
+
+fn ws_upgrade(tcp: &mut TcpStream) -> (u16, String) {
+    let request = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+        upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n\
+        sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    tcp.write_all(request.as_bytes()).unwrap();
+    let response = read_response(tcp, true);
+    (response.status, response.text())
+}
+
+#[test]
+fn one_address_cannot_take_every_websocket_connection() {
+    let mut config = test_config();
+    config.max_connections_per_address = 2;
+    let server = TestServer::with(config, app::router(None), app::connect(None));
+    let before = REFUSALS.ws_per_address.load(Relaxed);
+    let mut first = connect_from("127.0.0.1", server.addr());
+    assert_eq!(ws_upgrade(&mut first).0, 101);
+    let mut second = connect_from("127.0.0.1", server.addr());
+    assert_eq!(ws_upgrade(&mut second).0, 101);
+    let mut third = connect_from("127.0.0.1", server.addr());
+    third.write_all(b"GET /socket/websocket HTTP/1.1\r\n\r\n").unwrap();
+    let refused = read_response(&mut third, false);
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.text(), "too many connections from this address");
+    assert!(REFUSALS.ws_per_address.load(Relaxed) > before, "the refusal is counted");
+    // Another host is served, and the address gets its place back when a connection ends.
+    let mut other = connect_from("127.0.0.2", server.addr());
+    assert_eq!(ws_upgrade(&mut other).0, 101);
+    drop(first);
+    let freed = eventually(Duration::from_secs(5), || {
+        let mut again = connect_from("127.0.0.1", server.addr());
+        again.write_all(b"").is_ok() && ws_upgrade(&mut again).0 == 101
+    });
+    assert!(freed, "a closed connection frees its address's place");
+}
+
+fn http_server(config: HttpConfig) -> HttpServer {
+    HttpServer::with_config(config, None)
+}
+
+#[test]
+fn one_address_cannot_take_every_rest_connection() {
+    let server =
+        http_server(HttpConfig { max_connections_per_address: 2, ..HttpConfig::default() });
+    let before = REFUSALS.http_per_address.load(Relaxed);
+    let held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.1", server.addr)).collect();
+    // The accept thread has given both a thread once a request on a third is refused.
+    let mut third = connect_from("127.0.0.1", server.addr);
+    third.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let refused = read_response(&mut third, false);
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        refused.json(),
+        serde_json::json!({"errors": {"detail": "Service Unavailable: too many connections from this address"}})
+    );
+    assert!(REFUSALS.http_per_address.load(Relaxed) > before);
+    let mut other = connect_from("127.0.0.2", server.addr);
+    other.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    assert_ne!(read_response(&mut other, false).status, 503);
+    drop(held);
+    let freed = eventually(Duration::from_secs(5), || server.get("/healthz").status != 503);
+    assert!(freed, "closed connections free their places");
+}
+
+/// A POST of an invalid hero: cheap, and answered 422/503 unless throttled.
+fn write(server: &HttpServer, forwarded_for: Option<&str>) -> crate::support::http::Response {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(xff) = forwarded_for {
+        headers.push(("X-Forwarded-For", xff));
+    }
+    server.request("POST", "/api/superheroes", &headers, Some(b"{}"))
+}
+
+#[test]
+fn rest_writes_beyond_the_budget_get_429_with_retry_after() {
+    let config = HttpConfig { write_rate_per_s: 1, write_burst: 3, ..HttpConfig::default() };
+    let server = http_server(config);
+    for _ in 0..3 {
+        assert_ne!(write(&server, None).status, 429);
+    }
+    let throttled = write(&server, None);
+    assert_eq!(throttled.status, 429);
+    assert_eq!(throttled.header("retry-after"), Some("1"));
+    assert_eq!(
+        throttled.json(),
+        serde_json::json!({"errors": {"detail": "Too Many Requests: at most 1 writes per second per client"}})
+    );
+    assert_eq!(server.request("DELETE", "/api/superheroes/1", &[], None).status, 429);
+    assert_ne!(server.get("/healthz").status, 429, "reads are not limited");
+    // The budget comes back at the advertised pace.
+    let refilled = eventually(Duration::from_secs(3), || write(&server, None).status != 429);
+    assert!(refilled);
+}
+
+#[test]
+fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
+    let budget = |trusted: &str| HttpConfig {
+        write_rate_per_s: 1,
+        write_burst: 1,
+        trusted_proxies: TrustedProxies::parse(trusted).unwrap(),
+        ..HttpConfig::default()
+    };
+    // Behind a proxy on 127.0.0.1, each client has its own budget.
+    let proxied = http_server(budget("127.0.0.1"));
+    assert_ne!(write(&proxied, Some("203.0.113.1")).status, 429);
+    assert_eq!(write(&proxied, Some("203.0.113.1")).status, 429);
+    assert_ne!(write(&proxied, Some("203.0.113.2")).status, 429);
+    // Without trust, a forged header changes nothing: the peer address is the client.
+    let direct = http_server(budget("10.0.0.0/8"));
+    assert_ne!(write(&direct, Some("203.0.113.1")).status, 429);
+    assert_eq!(write(&direct, Some("203.0.113.2")).status, 429);
 }
