@@ -24,6 +24,9 @@ pub mod store;
 
 pub mod app;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use channel::{Channel, ChannelCtx, Flow, HandleIn, Info, Router, StopReason};
 pub use config::Config;
 pub use presence::Presence;

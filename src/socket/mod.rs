@@ -12,7 +12,7 @@
 //! duplicate join, leave, stale `join_ref`, unmatched topic, channel limit.
 
 pub(crate) mod conn;
-mod http1;
+pub(crate) mod http1;
 pub mod transport;
 pub(crate) mod writer;
 

@@ -194,7 +194,7 @@ const REFUSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500)
 const REFUSE_LINGER_BYTES: usize = 64 * 1024;
 
 /// Extra headers of the 101 response.
-type ResponseHeaders = Vec<(&'static str, String)>;
+pub(crate) type ResponseHeaders = Vec<(&'static str, String)>;
 
 /// An upgrade refused with `status` and a plain-text `body` (empty, as Phoenix's, for 404;
 /// the reason for a refused origin or connect, which Phoenix only logs).
@@ -213,7 +213,7 @@ impl From<u16> for Refusal {
 /// origin, params, vsn, auth token and subprotocols, the application's connect callback, and
 /// last the upgrade headers themselves (`WebSockAdapter.upgrade`, 400 with the reason).
 /// Returns the extra headers of the 101 response.
-fn upgrade(
+pub(crate) fn upgrade(
     req: &RequestHead,
     peer_addr: SocketAddr,
     config: &Config,
