@@ -87,3 +87,29 @@ pub fn tokens(data: &[u8]) {
         let _ = verifier.verify(Some(token));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Replays every committed input of `fuzz/corpus/<target>/` (the seeds, and each input a
+    /// fuzzer ever crashed on, kept there as a regression test) without the fuzzer.
+    #[test]
+    fn the_corpus_replays_without_panics() {
+        let targets: [(&str, fn(&[u8])); 4] = [
+            ("protocol", super::protocol),
+            ("upgrade_head", super::upgrade_head),
+            ("rest_body", super::rest_body),
+            ("tokens", super::tokens),
+        ];
+        for (name, target) in targets {
+            let dir =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}"));
+            let mut replayed = 0;
+            for entry in entries {
+                target(&std::fs::read(entry.unwrap().path()).unwrap());
+                replayed += 1;
+            }
+            assert!(replayed > 0, "{name} has no corpus");
+        }
+    }
+}
