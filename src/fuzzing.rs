@@ -94,7 +94,8 @@ mod tests {
     /// fuzzer ever crashed on, kept there as a regression test) without the fuzzer.
     #[test]
     fn the_corpus_replays_without_panics() {
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 4] = [
             ("protocol", super::protocol),
             ("upgrade_head", super::upgrade_head),
             ("rest_body", super::rest_body),
