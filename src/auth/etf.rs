@@ -21,6 +21,8 @@ use serde_json::{Map, Number, Value};
 pub const MAX_DEPTH: usize = 32;
 
 const VERSION: u8 = 131;
+const LATIN1: bool = true;
+const UTF8: bool = false;
 
 /// Why a term could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,13 +97,21 @@ impl<'a> Reader<'a> {
                 self.big(n)
             }
             70 => self.float(),
-            100 | 118 => {
+            100 => {
                 let n = self.u16()?;
-                self.atom(n)
+                self.atom(n, LATIN1)
             }
-            115 | 119 => {
+            118 => {
+                let n = self.u16()?;
+                self.atom(n, UTF8)
+            }
+            115 => {
                 let n = self.u8()? as usize;
-                self.atom(n)
+                self.atom(n, LATIN1)
+            }
+            119 => {
+                let n = self.u8()? as usize;
+                self.atom(n, UTF8)
             }
             109 => {
                 let n = self.u32()?;
@@ -146,14 +156,19 @@ impl<'a> Reader<'a> {
         Number::from_f64(f).map(Value::Number).ok_or(EtfError("float is not finite"))
     }
 
-    fn atom(&mut self, n: usize) -> Result<Value, EtfError> {
-        // Latin-1 atoms (the old tags) are ASCII in practice; both decode the same way then.
-        let name = std::str::from_utf8(self.take(n)?).map_err(|_| EtfError("atom not UTF-8"))?;
-        Ok(match name {
+    /// `ATOM_EXT`/`SMALL_ATOM_EXT` names are Latin-1 (each byte is a code point), the UTF-8
+    /// tags' are UTF-8.
+    fn atom(&mut self, n: usize, latin1: bool) -> Result<Value, EtfError> {
+        let bytes = self.take(n)?;
+        let name = match latin1 {
+            true => bytes.iter().map(|&b| b as char).collect::<String>(),
+            false => std::str::from_utf8(bytes).map_err(|_| EtfError("atom not UTF-8"))?.to_owned(),
+        };
+        Ok(match name.as_str() {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
             "nil" => Value::Null,
-            other => Value::String(other.to_string()),
+            _ => Value::String(name),
         })
     }
 
@@ -248,6 +263,8 @@ mod tests {
         assert_eq!(decode(&[131, 119, 2, b'o', b'k']).unwrap(), json!("ok")); // :ok
         assert_eq!(decode(&[131, 119, 4, b't', b'r', b'u', b'e']).unwrap(), json!(true));
         assert_eq!(decode(&[131, 119, 3, b'n', b'i', b'l']).unwrap(), json!(null));
+        assert_eq!(decode(&[131, 115, 2, b'o', 0xe9]).unwrap(), json!("oé")); // Latin-1 :"oé"
+        assert_eq!(decode(&[131, 100, 0, 2, b'o', b'k']).unwrap(), json!("ok"));
         assert_eq!(decode(&[131, 109, 0, 0, 0, 2, b'h', b'i']).unwrap(), json!("hi"));
         assert_eq!(decode(&[131, 109, 0, 0, 0, 1, 0xff]).unwrap(), json!({"base64": "/w=="}));
     }
