@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each, from the committed
-# seed corpus (copied, so the run leaves the tree clean). Installs cargo-fuzz if missing
+# seed corpus (only read: new inputs go to a scratch directory, so the tree stays clean). Installs cargo-fuzz if missing
 # (bounded). A crash fails the run and leaves its input in fuzz/artifacts/<target>/: turn it
 # into a regression test (copy it into fuzz/corpus/<target>/, which the unit tests replay),
 # then fix it. Cost measured here: about 6 min to build the targets cold (2 shared cores),
