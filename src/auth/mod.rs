@@ -203,6 +203,21 @@ mod tests {
         }
     }
 
+    /// tests/it/vectors/erlang_tokens.json was minted by Erlang/OTP 25 itself
+    /// (`phoenix_token.escript`: the real `term_to_binary`, `crypto:pbkdf2_hmac`, `crypto:mac`).
+    #[test]
+    fn tokens_minted_by_erlang_verify() {
+        let v = vectors();
+        let erlang: Value =
+            serde_json::from_str(include_str!("../../tests/it/vectors/erlang_tokens.json"))
+                .unwrap();
+        // The independent Python encoder wrote exactly what Erlang writes.
+        assert_eq!(erlang["integer"], v["phoenix"]["integer"]["token"]);
+        assert_eq!(erlang["binary"], v["phoenix"]["binary"]["token"]);
+        let data = verifier(&v).verify_at(erlang["map_erlang"].as_str(), at(&v, 60)).unwrap();
+        assert_eq!(data, Verified::Phoenix(v["phoenix"]["map"]["data"].clone()));
+    }
+
     #[test]
     fn phoenix_tokens_refused() {
         let v = vectors();

@@ -11,6 +11,8 @@ term_to_binary follows the Erlang "External Term Format" spec as OTP 26 writes i
 atoms as SMALL_ATOM_UTF8_EXT, integers 0..255 SMALL_INTEGER_EXT, 32-bit INTEGER_EXT, else
 SMALL_BIG_EXT; binaries BINARY_EXT; maps MAP_EXT; small-integer lists STRING_EXT).
 Run: python3 gen_tokens.py > tokens.json
+Checked against Erlang/OTP's own term_to_binary and crypto: phoenix_token.escript mints the
+same integer and binary tokens byte for byte (erlang_tokens.json; src/auth/mod.rs tests it).
 """
 import base64, hashlib, hmac, json, struct
 
