@@ -245,6 +245,7 @@ fn wrong_methods_are_405_with_allow() {
         ("POST", "/api/superheroes/1", "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"),
         ("POST", "/healthz", "GET, HEAD, OPTIONS"),
         ("TRACE", "/config.json", "GET, HEAD, OPTIONS"),
+        ("QUERY", "/api/superheroes", "GET, HEAD, POST, OPTIONS"),
     ];
     for (method, path, allow) in cases {
         let response = server.request(method, path, &[], None);
