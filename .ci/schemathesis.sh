@@ -50,7 +50,8 @@ PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); 
 BASE="http://127.0.0.1:$PORT"
 
 echo "--- starting the server on $BASE"
-"$ROOT/target/debug/phx-threads" serve --ws-addr 127.0.0.1:0 --http-addr "127.0.0.1:$PORT" \
+# --rest-write-rate 0: schemathesis sends hundreds of writes a second from one address.
+"$ROOT/target/debug/phx-threads" serve --ws-addr 127.0.0.1:0 --http-addr "127.0.0.1:$PORT" --rest-write-rate 0 \
     --data-dir "$WORK" ${DATABASE_URL:+--database-url "$DATABASE_URL"} >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 300); do

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cluster::ClusterConfig;
 use crate::config::Config;
 use crate::http::HttpConfig;
+use crate::limits::TrustedProxies;
 use crate::presence::ReplicationConfig;
 
 pub const HELP: &str = "\
@@ -32,6 +33,8 @@ OPTIONS (environment variable in brackets):
     --max-connections N       [PHX_MAX_CONNECTIONS, default 16000]
     --max-handshakes N        upgrades in progress; the oldest is dropped for a new one
                               [PHX_MAX_HANDSHAKES, default 1024]
+    --ws-max-per-address N    open WebSocket connections from one address; more get 503
+                              [PHX_WS_MAX_PER_ADDRESS, default 1024]
     --max-channels N          per connection [PHX_MAX_CHANNELS, default 100]
     --max-frame-bytes N       [PHX_MAX_FRAME_BYTES, default 1048576]
     --messages-per-sec N      client messages per connection and second; over budget
@@ -48,10 +51,32 @@ OPTIONS (environment variable in brackets):
     --longpoll-window-ms N    a LongPoll poll answers 204 after N ms without messages; a
                               session not polled for 1.5 N ends
                               [PHX_LONGPOLL_WINDOW_MS, default 10000]
-    --check-origin HOSTS      comma-separated allowed Origin hosts, *.domain allowed
-                              [PHX_CHECK_ORIGIN, default: any]
+    --check-origin LIST       origins allowed besides the request's own host (compared by
+                              hostname): example.com, //*.example.com, https://x.com:8443;
+                              `any` turns the check off [PHX_CHECK_ORIGIN, default: none]
+    --cors-origins LIST       comma-separated origins (https://app.example.com) whose pages
+                              may call the REST API [PHX_CORS_ORIGINS, default: none, CORS
+                              off; the bundled client is same-origin]
+    --secret-key-base KEY     verify Phoenix.Token tokens signed with this key base (the
+                              Phoenix app's secret_key_base, >= 20 bytes); connects then
+                              need a valid token [PHX_SECRET_KEY_BASE]
+    --token-salt SALT         Phoenix.Token salt [PHX_TOKEN_SALT, default: user socket]
+    --token-max-age-s N       Phoenix tokens older than N s are expired
+                              [PHX_TOKEN_MAX_AGE_S, default 86400]
+    --jwt-secret KEY          verify JWT HS256 tokens with this key (>= 32 bytes); connects
+                              then need a valid token [PHX_JWT_SECRET]
     --http-max-connections N  open REST connections; more get 503
                               [PHX_HTTP_MAX_CONNECTIONS, default 1024]
+    --http-max-per-address N  open REST connections from one address; more get 503
+                              [PHX_HTTP_MAX_PER_ADDRESS, default 256]
+    --rest-write-rate N       REST writes (POST/PUT/PATCH/DELETE) per second per client
+                              address, beyond the burst; more get 429 with Retry-After;
+                              0 turns it off [PHX_REST_WRITE_RATE, default 10]
+    --rest-write-burst N      writes a client may send at once [PHX_REST_WRITE_BURST,
+                              default 100]
+    --trusted-proxies LIST    proxy addresses or CIDR blocks whose X-Forwarded-For names
+                              the client; they are exempt from the per-address caps
+                              [PHX_TRUSTED_PROXIES, default: none]
     --http-head-timeout-ms N  a REST request head, and a keep-alive wait, must end within
                               this (408) [PHX_HTTP_HEAD_TIMEOUT_MS, default 10000]
     --http-body-timeout-ms N  a REST request body must arrive within this (408)
@@ -116,6 +141,14 @@ pub struct Args {
     pub log_closes: log::Level,
     pub admin_token: Option<String>,
     pub cluster: ClusterConfig,
+    /// `HttpConfig::max_connections_per_address`, `write_rate_per_s`, `write_burst`.
+    pub http_max_per_address: usize,
+    pub rest_write_rate: u32,
+    pub rest_write_burst: u32,
+    /// `HttpConfig::cors_origins`.
+    pub cors_origins: Vec<String>,
+    /// Token secrets for the connect callback (`auth::AuthConfig`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -183,6 +216,11 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         log_closes: log::Level::Debug,
         admin_token: None,
         cluster: ClusterConfig::default(),
+        http_max_per_address: HttpConfig::default().max_connections_per_address,
+        rest_write_rate: HttpConfig::default().write_rate_per_s,
+        rest_write_burst: HttpConfig::default().write_burst,
+        cors_origins: Vec::new(),
+        auth: crate::auth::AuthConfig::default(),
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -221,6 +259,16 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_CLUSTER_HEARTBEAT_MS", "--cluster-heartbeat-ms"),
         ("PHX_CLUSTER_NODE_TIMEOUT_MS", "--cluster-node-timeout-ms"),
         ("PHX_CLUSTER_MAILBOX", "--cluster-mailbox"),
+        ("PHX_CORS_ORIGINS", "--cors-origins"),
+        ("PHX_WS_MAX_PER_ADDRESS", "--ws-max-per-address"),
+        ("PHX_HTTP_MAX_PER_ADDRESS", "--http-max-per-address"),
+        ("PHX_REST_WRITE_RATE", "--rest-write-rate"),
+        ("PHX_REST_WRITE_BURST", "--rest-write-burst"),
+        ("PHX_TRUSTED_PROXIES", "--trusted-proxies"),
+        ("PHX_SECRET_KEY_BASE", "--secret-key-base"),
+        ("PHX_TOKEN_SALT", "--token-salt"),
+        ("PHX_TOKEN_MAX_AGE_S", "--token-max-age-s"),
+        ("PHX_JWT_SECRET", "--jwt-secret"),
     ] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             apply(&mut args, flag, &value).map_err(|e| format!("{var}: {e}"))?;
@@ -255,10 +303,17 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         }
         "--longpoll-window-ms" => args.ws.longpoll_window = millis(number()?),
         "--max-superheroes" => args.max_superheroes = number()?,
-        "--check-origin" => {
-            args.ws.check_origin =
-                value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
-        }
+        "--check-origin" => args.ws.check_origin = origins(value)?,
+        "--cors-origins" => args.cors_origins = list(value),
+        "--ws-max-per-address" => args.ws.max_connections_per_address = number()?,
+        "--http-max-per-address" => args.http_max_per_address = number()?,
+        "--rest-write-rate" => args.rest_write_rate = small(number()?, flag)?,
+        "--rest-write-burst" => args.rest_write_burst = small(number()?, flag)?,
+        "--trusted-proxies" => args.ws.trusted_proxies = TrustedProxies::parse(value)?,
+        "--secret-key-base" => args.auth.secret_key_base = Some(value.to_string()),
+        "--token-salt" => args.auth.token_salt = value.to_string(),
+        "--token-max-age-s" => args.auth.token_max_age = Duration::from_secs(number()? as u64),
+        "--jwt-secret" => args.auth.jwt_secret = Some(value.to_string()),
         "--http-max-connections" => args.http_max_connections = number()?,
         "--http-head-timeout-ms" => args.http_head_timeout = millis(number()?),
         "--http-body-timeout-ms" => args.http_body_timeout = millis(number()?),
@@ -317,6 +372,20 @@ fn apply_ops(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         _ => args.admin_token = Some(value.to_string()).filter(|t| !t.is_empty()),
     }
     Ok(())
+}
+
+fn small(n: usize, flag: &str) -> Result<u32, String> {
+    u32::try_from(n).map_err(|_| format!("{flag}: too large: {n}"))
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()
+}
+
+fn origins(value: &str) -> Result<Vec<String>, String> {
+    let entries = list(value);
+    entries.iter().try_for_each(|e| crate::origin::validate_entry(e))?;
+    Ok(entries)
 }
 
 fn millis(n: usize) -> Duration {
@@ -437,5 +506,25 @@ mod tests {
         let defaults = parse_with(&[], &[]).unwrap().ws;
         assert_eq!((defaults.messages_per_sec, defaults.message_burst), (100, 200));
         assert!(parse_with(&["--joins-per-sec", "-1"], &[]).is_err());
+    }
+
+    #[test]
+    fn security_options() {
+        let args = parse_with(
+            &["--rest-write-rate", "0", "--trusted-proxies", "10.0.0.0/8", "--jwt-secret", "s"],
+            &[("PHX_WS_MAX_PER_ADDRESS", "3"), ("PHX_CHECK_ORIGIN", "any")],
+        )
+        .unwrap();
+        assert_eq!(args.rest_write_rate, 0);
+        assert_eq!(args.ws.max_connections_per_address, 3);
+        assert!(args.ws.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        assert_eq!(args.ws.check_origin, ["any"]);
+        assert_eq!(args.auth.jwt_secret.as_deref(), Some("s"));
+        let defaults = parse_with(&[], &[]).unwrap();
+        assert_eq!((defaults.rest_write_rate, defaults.rest_write_burst), (10, 100));
+        assert_eq!(defaults.auth.token_salt, "user socket");
+        let bad = parse_with(&["--trusted-proxies", "proxy.local"], &[]).unwrap_err();
+        assert_eq!(bad, "--trusted-proxies: not an address or CIDR block: proxy.local");
+        assert!(parse_with(&["--check-origin", "a b"], &[]).is_err());
     }
 }

@@ -15,6 +15,12 @@ pub struct Config {
     pub listen_backlog: i32,
     /// Upgraded connections beyond this get HTTP 503 (only a completed upgrade takes a slot).
     pub max_connections: usize,
+    /// Open connections (upgraded or in their handshake) from one remote address; more get
+    /// 503 from the acceptor. Addresses in `trusted_proxies` are not limited.
+    pub max_connections_per_address: usize,
+    /// Proxies (addresses, CIDR blocks) whose `X-Forwarded-For` is believed, and which the
+    /// per-address cap does not limit (`--trusted-proxies`).
+    pub trusted_proxies: crate::limits::TrustedProxies,
     /// Connections still sending their upgrade request. When a new one arrives with the budget
     /// full, the oldest is dropped: real clients upgrade within a round trip, so only a slow or
     /// hostile one is ever the oldest, and half-open upgrades cannot lock real clients out.
@@ -59,7 +65,7 @@ pub struct Config {
     pub channel_send_timeout: Duration,
     /// Graceful shutdown: every connection closed and every thread joined within this.
     pub shutdown_timeout: Duration,
-    /// Only these `Origin` hosts may connect (`example.com`, `*.example.com`); empty allows any.
+    /// Origins allowed besides the request's own host (`crate::origin`); `any` allows all.
     pub check_origin: Vec<String>,
     /// Stack sizes of the per-connection thread kinds (bytes of address space; only the
     /// touched pages cost memory). The flusher runs only while a client is behind.
@@ -85,6 +91,8 @@ impl Default for Config {
             listen_backlog: 4096,
             max_connections: 16_000,
             max_handshakes: 1024,
+            max_connections_per_address: 1024,
+            trusted_proxies: crate::limits::TrustedProxies::default(),
             max_channels_per_connection: 100,
             messages_per_sec: 100,
             message_burst: 200,

@@ -8,11 +8,14 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod limits;
 pub mod logger;
 pub mod metrics;
+pub mod origin;
 pub mod process;
 pub mod protocol;
 
+pub mod auth;
 pub mod channel;
 pub mod cluster;
 pub mod http;
@@ -23,6 +26,9 @@ pub mod socket;
 pub mod store;
 
 pub mod app;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use channel::{Channel, ChannelCtx, Flow, HandleIn, Info, Router, StopReason};
 pub use config::Config;

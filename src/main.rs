@@ -64,7 +64,8 @@ fn serve(args: Args) -> Result<(), String> {
         false => database(&args).map(|(s, c)| (Some(s), c))?,
     };
     let lobby = store.clone().map(Lobby::new);
-    let connect = app::connect_with_admin(args.admin_token.clone());
+    let verifier = phx_threads::auth::Verifier::new(&args.auth)?.map(std::sync::Arc::new);
+    let connect = app::connect_with_admin(verifier, args.admin_token.clone());
     let history = admin_channel::new_history();
     let router = app::router_with_stats(lobby.clone(), Some(history.clone()));
     let ws = server::start(args.ws.clone(), router, connect)
@@ -89,6 +90,11 @@ fn serve(args: Args) -> Result<(), String> {
         max_connections: args.http_max_connections,
         head_timeout: args.http_head_timeout,
         body_timeout: args.http_body_timeout,
+        cors_origins: args.cors_origins.clone(),
+        max_connections_per_address: args.http_max_per_address,
+        write_rate_per_s: args.rest_write_rate,
+        write_burst: args.rest_write_burst,
+        trusted_proxies: args.ws.trusted_proxies.clone(),
         ..HttpConfig::default()
     };
     let cluster_node = start_cluster(&args, store.as_ref(), &ws.pubsub())?;

@@ -20,6 +20,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::channel::Router;
 use crate::config::Config;
+use crate::limits::{self, PerAddress};
 use crate::presence::TrackerProcess;
 use crate::process;
 use crate::pubsub::{PubSub, PubSubProcess};
@@ -211,9 +212,13 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         Arc::new(Endpoint { config, router, connect, pubsub: pubsub_handle, admit, longpoll });
     let stopping = Arc::new(AtomicBool::new(false));
     let (conns, stop, pool) = (connections.clone(), stopping.clone(), writers.clone());
+    let per_address = PerAddress::new(
+        endpoint.config.max_connections_per_address,
+        endpoint.config.trusted_proxies.clone(),
+    );
     let (alive, acceptor_exited) = crossbeam_channel::bounded::<()>(0);
     let spawned = process::spawn("ws-accept".into(), 256 * 1024, move || {
-        accept_loop(listener, endpoint, pool, conns, stop);
+        accept_loop(listener, endpoint, pool, (conns, per_address), stop);
         drop(alive);
     });
     let acceptor = match spawned {
@@ -317,7 +322,7 @@ fn accept_loop(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     writers: Arc<WriterPool>,
-    connections: Arc<Connections>,
+    (connections, per_address): (Arc<Connections>, Arc<PerAddress>),
     stopping: Arc<AtomicBool>,
 ) {
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -335,20 +340,27 @@ fn accept_loop(
             }
         };
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        admit(tcp, id, &endpoint, &writers, &connections);
+        admit(tcp, id, &endpoint, &writers, (&connections, &per_address));
     }
 }
 
 /// Starts the socket process for one accepted stream, or refuses it with 503 when the server
-/// is at its connection limit or out of threads.
+/// is at its connection limit, its address at `max_connections_per_address` (trusted proxies
+/// are not limited: they carry many clients), or out of threads.
 fn admit(
     tcp: TcpStream,
     id: u64,
     endpoint: &Arc<Endpoint>,
     writers: &WriterPool,
-    connections: &Arc<Connections>,
+    (connections, per_address): (&Arc<Connections>, &Arc<PerAddress>),
 ) {
     let Ok(peer) = tcp.peer_addr() else { return };
+    let Some(place) = per_address.admit(peer.ip()) else {
+        log::warn!("refusing {peer}: max_connections_per_address reached");
+        limits::count(&limits::REFUSALS.ws_per_address);
+        refuse_503(&tcp, "too many connections from this address");
+        return;
+    };
     let _ = tcp.set_nodelay(true);
     // One file descriptor per connection, shared by its threads (`&TcpStream` reads and
     // writes): the process may hold at most 20,000 open files, and 19k connections must fit.
@@ -364,7 +376,7 @@ fn admit(
         log::warn!("refusing {peer}: max_connections reached");
         crate::metrics::refused_connect("at_capacity");
         drop(shared);
-        refuse_503(&tcp);
+        refuse_503(&tcp, "server at connection limit");
         return;
     }
     connections.start_handshake(id, &shared, endpoint.config.max_handshakes);
@@ -374,7 +386,7 @@ fn admit(
     // Detached: a joinable thread that has ended keeps its whole stack until someone joins it,
     // and nobody waits on a connection. Shutdown waits for the guards instead.
     let spawned = process::spawn(format!("ws-{id}"), stack, move || {
-        let _guard = guard;
+        let (_guard, _place) = (guard, place);
         socket::serve(endpoint, tcp, peer, shared);
     });
     if let Err(e) = spawned {
@@ -386,12 +398,11 @@ fn admit(
 
 /// Answers an over-limit connection with 503 from the acceptor itself: no thread is spent.
 /// Whatever the client already sent is read first so closing does not reset the connection.
-fn refuse_503(mut tcp: &TcpStream) {
+fn refuse_503(mut tcp: &TcpStream, body: &str) {
     let _ = tcp.set_read_timeout(Some(Duration::from_millis(50)));
     let _ = tcp.set_write_timeout(Some(Duration::from_millis(50)));
     let mut buf = [0u8; 2048];
     let _ = tcp.read(&mut buf);
-    let body = "server at connection limit";
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 5\r\n\r\n{body}",
         body.len()

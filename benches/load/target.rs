@@ -75,6 +75,10 @@ impl Server {
         cmd.args(["serve", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
         // The default connection cap (16,000) is below the top scaling step.
         cmd.args(["--max-connections", "25000"]);
+        // The load comes from loopback addresses on one host, and `rest` measures throughput:
+        // the per-address caps and the REST write budget (issue #14) are for real clients.
+        cmd.args(["--ws-max-per-address", "25000", "--http-max-per-address", "4096"]);
+        cmd.args(["--rest-write-rate", "0"]);
         let data_dir = if s.database {
             let d = TempDir::new("phx-bench-db")?;
             cmd.arg("--data-dir").arg(&d.0);

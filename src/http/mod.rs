@@ -10,13 +10,14 @@
 //! costs one 500, not a worker.
 //!
 //! **API Boundary:** `openapi.yaml` is the contract (a test checks it against `ROUTES`);
-//! `ApiError` is the only error that reaches a client. Every response carries
-//! `Access-Control-Allow-Origin: *`.
+//! `ApiError` is the only error that reaches a client. CORS headers only for the origins
+//! `--cors-origins` lists (`cors.rs`).
 //!
 //! The module does not depend on the WebSocket core: REST writes reach channels through the
 //! store's NOTIFY events.
 
 pub mod api;
+pub mod cors;
 pub mod handlers;
 pub mod router;
 
@@ -35,6 +36,7 @@ use crate::cluster::ClusterView;
 use crate::http::api::{ApiError, ApiRequest, ApiResponse, Body, Method};
 use crate::http::handlers::Ctx;
 use crate::http::router::Decision;
+use crate::limits::{self, PerAddress, RateLimiter, TrustedProxies};
 use crate::store::Store;
 
 /// Worker stack. Measured with the integration tests (which include Postgres round trips
@@ -66,6 +68,18 @@ pub struct HttpConfig {
     /// A request body must arrive whole within this (408). Bodies are read on the
     /// connection's thread, so a slow one never holds a worker.
     pub body_timeout: Duration,
+    /// Origins (`https://app.example.com`) whose pages may call the API; empty: CORS off.
+    pub cors_origins: Vec<String>,
+    /// Open connections from one address; more get 503 from the accept thread. Addresses in
+    /// `trusted_proxies` are not limited.
+    pub max_connections_per_address: usize,
+    /// Writes (POST, PUT, PATCH, DELETE) per second one client address may sustain, and how
+    /// many it may send at once; beyond them, 429 with `Retry-After`. A rate of 0 turns the
+    /// limit off (benchmarks).
+    pub write_rate_per_s: u32,
+    pub write_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (`limits::TrustedProxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for HttpConfig {
@@ -80,6 +94,11 @@ impl Default for HttpConfig {
             max_connections: 1024,
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
+            max_connections_per_address: 256,
+            write_rate_per_s: 10,
+            write_burst: 100,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -122,7 +141,9 @@ pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
         .map_err(|e| Error::Bind(std::io::Error::other(e.to_string())))?;
     let server = Arc::new(server);
     let n_workers = config.n_workers.max(1);
-    let ctx = Arc::new(Ctx { config, store: deps.store, cluster: deps.cluster });
+    let writes = (config.write_rate_per_s > 0)
+        .then(|| RateLimiter::new(f64::from(config.write_rate_per_s), config.write_burst));
+    let ctx = Arc::new(Ctx { config, store: deps.store, cluster: deps.cluster, writes });
     // Nobody sends on this channel: each worker holds a sender, and disconnection means
     // every worker has exited.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -153,7 +174,18 @@ pub fn start(config: HttpConfig, deps: HttpDeps) -> Result<HttpHandle, Error> {
 
 /// What tiny_http enforces before a request reaches a worker (vendor/tiny_http/PATCHES.md).
 fn limits(config: &HttpConfig) -> tiny_http::Limits {
+    let per_address =
+        PerAddress::new(config.max_connections_per_address, config.trusted_proxies.clone());
+    let gate: tiny_http::AddressGate = Arc::new(move |addr| match per_address.admit(addr) {
+        Some(place) => Some(Box::new(place) as Box<dyn std::any::Any + Send>),
+        None => {
+            log::warn!("refusing an http connection from {addr}: max per address reached");
+            limits::count(&limits::REFUSALS.http_per_address);
+            None
+        }
+    });
     tiny_http::Limits {
+        address_gate: Some(gate),
         head_timeout: config.head_timeout,
         body_timeout: config.body_timeout,
         max_body_bytes: config.max_body_bytes,
@@ -235,9 +267,9 @@ impl Worker {
     }
 }
 
-/// Routes, reads the body if the route takes one, and runs the handler.
+/// Answers a request, with the CORS headers its origin may get.
 fn handle(request: &mut tiny_http::Request, ctx: &Ctx) -> ApiResponse {
-    let mut api = ApiRequest {
+    let api = ApiRequest {
         method: Method::parse(request.method().as_str()),
         path: path_of(request.url()).to_owned(),
         headers: request
@@ -247,6 +279,34 @@ fn handle(request: &mut tiny_http::Request, ctx: &Ctx) -> ApiResponse {
             .collect(),
         body: Vec::new(),
     };
+    let origin = api.header("origin").map(str::to_owned);
+    let response = match throttle(request, &api, ctx) {
+        Some(refused) => refused,
+        None => route_and_run(request, api, ctx),
+    };
+    cors::decorate(response, origin.as_deref(), &ctx.config.cors_origins)
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up) when the client's address has spent
+/// its budget of writes; reads are not limited.
+fn throttle(request: &tiny_http::Request, api: &ApiRequest, ctx: &Ctx) -> Option<ApiResponse> {
+    let writes = ctx.writes.as_ref()?;
+    if !matches!(api.method, Method::Post | Method::Put | Method::Patch | Method::Delete) {
+        return None;
+    }
+    let peer = request.remote_addr()?.ip();
+    let client = ctx.config.trusted_proxies.client(peer, api.header("x-forwarded-for"));
+    let wait = writes.take(client, Instant::now()).err()?;
+    limits::count(&limits::REFUSALS.rest_writes);
+    log::warn!("{} {}: 429 for {client}", api.method.as_str(), api.path);
+    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let why = format!("at most {} writes per second per client", ctx.config.write_rate_per_s);
+    let error = ApiError::detailed(429, why).with_header("Retry-After", retry_after.to_string());
+    Some(error.into_response())
+}
+
+/// Routes, reads the body if the route takes one, and runs the handler.
+fn route_and_run(request: &mut tiny_http::Request, mut api: ApiRequest, ctx: &Ctx) -> ApiResponse {
     let (route, params) = match router::decide(&api, ctx) {
         Decision::Respond(response) => return response,
         Decision::Handle { route, params } => (route, params),
@@ -312,15 +372,7 @@ fn to_tiny(response: ApiResponse) -> tiny_http::Response<Box<dyn Read + Send>> {
             tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
         })
         .collect();
-    let always = [
-        ("Access-Control-Allow-Origin", "*"),
-        // Lets browser code on other origins read `Location` after a create.
-        ("Access-Control-Expose-Headers", "Location"),
-        ("Server", "phx-threads"),
-    ];
-    for (name, value) in always {
-        headers.push(tiny_http::Header::from_bytes(name, value).expect("static header is valid"));
-    }
+    headers.push(tiny_http::Header::from_bytes("Server", "phx-threads").expect("static header"));
     let (reader, len): (Box<dyn Read + Send>, usize) = match response.body {
         Body::Empty => (Box::new(std::io::empty()), 0),
         Body::Bytes(bytes) => {

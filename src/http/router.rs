@@ -5,10 +5,11 @@
 //!
 //! `ROUTES` is the single source of truth for what is routed; a test compares it with
 //! `openapi.yaml` in both directions. Cross-cutting behaviour is not in the table: `HEAD` is
-//! answered like `GET` without a body, `OPTIONS` is the CORS preflight for any routed path,
+//! answered like `GET` without a body, `OPTIONS` is the CORS preflight for any routed path (`cors.rs`),
 //! and unknown non-`/api` paths fall back to the static client (`index.html`).
 
 use crate::http::api::{ApiError, ApiRequest, ApiResponse, Method};
+use crate::http::cors;
 use crate::http::handlers::{self, Ctx};
 
 /// A handler gets the request, the shared context and the `{param}` values of its pattern.
@@ -76,7 +77,8 @@ pub fn decide(request: &ApiRequest, ctx: &Ctx) -> Decision {
     }
     let allow = allow(&matching);
     if request.method == Method::Options {
-        return Decision::Respond(preflight(request, &allow));
+        let origin = request.header("origin");
+        return Decision::Respond(cors::preflight(origin, &ctx.config.cors_origins, &allow));
     }
     let wanted = if request.method == Method::Head { Method::Get } else { request.method };
     match matching.into_iter().find(|(r, _)| r.method == wanted) {
@@ -107,23 +109,6 @@ fn allow(matching: &[(&'static Route, Vec<String>)]) -> String {
     let mut names: Vec<&str> = order.into_iter().filter(|m| has(*m)).map(Method::as_str).collect();
     names.push("OPTIONS");
     names.join(", ")
-}
-
-/// CORS preflight: 204 with the allowed methods and headers; browsers may cache it a day.
-fn preflight(request: &ApiRequest, allow: &str) -> ApiResponse {
-    let requested = request.header("access-control-request-headers").unwrap_or("");
-    // Echo the requested header names if they look like a token list, else a safe default.
-    let token_list = requested.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b));
-    let headers = if !requested.is_empty() && token_list && requested.len() <= 1024 {
-        requested.to_owned()
-    } else {
-        "content-type, authorization".to_owned()
-    };
-    ApiResponse::empty(204)
-        .with_header("Allow", allow)
-        .with_header("Access-Control-Allow-Methods", allow)
-        .with_header("Access-Control-Allow-Headers", headers)
-        .with_header("Access-Control-Max-Age", "86400")
 }
 
 /// Non-empty path segments; `/api/superheroes/` and `/api/superheroes` route alike, as in

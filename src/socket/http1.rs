@@ -121,7 +121,7 @@ pub(crate) fn read_head(
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<RequestHead, HeadError> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<RequestHead, HeadError> {
     let mut slots = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     match req.parse(bytes) {

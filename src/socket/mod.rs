@@ -12,7 +12,7 @@
 //! duplicate join, leave, stale `join_ref`, unmatched topic, channel limit.
 
 pub(crate) mod conn;
-mod http1;
+pub(crate) mod http1;
 mod longpoll;
 mod rate;
 mod state;

@@ -7,6 +7,7 @@
 //! HTTP status Phoenix would use (404 wrong path, 400 not a GET or not a valid upgrade, 403
 //! refused/bad vsn/bad origin, 431 head too large), in Phoenix's order (module `upgrade`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -45,15 +46,24 @@ pub struct Connected {
     pub id: Option<String>,
 }
 
-/// A refused connect. Browsers never show the status to JavaScript; other clients may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A refused connect. Browsers never show the status or the reason to JavaScript; other
+/// clients may. The reason (never a secret) is logged and is the body of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub status: u16,
+    pub reason: String,
+}
+
+impl Refused {
+    /// 403 with `reason`.
+    pub fn forbidden(reason: impl Into<String>) -> Refused {
+        Refused { status: 403, reason: reason.into() }
+    }
 }
 
 impl Default for Refused {
     fn default() -> Refused {
-        Refused { status: 403 }
+        Refused::forbidden("")
     }
 }
 
@@ -129,7 +139,7 @@ pub(crate) fn accept(
     let config = &endpoint.config;
     let (headers, session) = match upgrade(&head, peer_addr, config, &endpoint.connect) {
         Ok(accepted) => accepted,
-        Err(Refusal { status, body }) => return Err(refuse(&tcp, status, body)),
+        Err(Refusal { status, body }) => return Err(refuse(&tcp, status, &body)),
     };
     // Only now does the connection take a `max_connections` slot (the handshake had its own
     // budget): the limit counts real connections, not half-sent requests.
@@ -193,17 +203,18 @@ const REFUSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500)
 const REFUSE_LINGER_BYTES: usize = 64 * 1024;
 
 /// Extra headers of the 101 response.
-type ResponseHeaders = Vec<(&'static str, String)>;
+pub(crate) type ResponseHeaders = Vec<(&'static str, String)>;
 
-/// An upgrade refused with `status` and a plain-text `body` (empty, as Phoenix's, for 403/404).
+/// An upgrade refused with `status` and a plain-text `body` (empty, as Phoenix's, for 404;
+/// the reason for a refused origin or connect, which Phoenix only logs).
 pub(crate) struct Refusal {
     pub status: u16,
-    pub body: &'static str,
+    pub body: Cow<'static, str>,
 }
 
 impl From<u16> for Refusal {
     fn from(status: u16) -> Refusal {
-        Refusal { status, body: "" }
+        Refusal { status, body: Cow::Borrowed("") }
     }
 }
 
@@ -211,7 +222,7 @@ impl From<u16> for Refusal {
 /// origin, params, vsn, auth token and subprotocols, the application's connect callback, and
 /// last the upgrade headers themselves (`WebSockAdapter.upgrade`, 400 with the reason).
 /// Returns the extra headers of the 101 response.
-fn upgrade(
+pub(crate) fn upgrade(
     req: &RequestHead,
     peer_addr: SocketAddr,
     config: &Config,
@@ -221,7 +232,10 @@ fn upgrade(
         return Err(404.into());
     }
     if req.method != "GET" {
-        return Err(Refusal { status: 400, body: "the websocket endpoint only accepts GET" });
+        return Err(Refusal {
+            status: 400,
+            body: "the websocket endpoint only accepts GET".into(),
+        });
     }
     let protocols = Subprotocols::parse(req.header("sec-websocket-protocol"));
     let mut headers = Vec::with_capacity(4);
@@ -233,7 +247,7 @@ fn upgrade(
         return Err(403.into());
     }
     let session = connect_session(req, peer_addr, config, connect, protocols.auth_token)?;
-    let key = valid_upgrade(req).map_err(|body| Refusal { status: 400, body })?;
+    let key = valid_upgrade(req).map_err(|body| Refusal { status: 400, body: body.into() })?;
     headers.push(("upgrade", "websocket".to_string()));
     headers.push(("connection", "Upgrade".to_string()));
     headers.push(("sec-websocket-accept", derive_accept_key(key.as_bytes())));
@@ -249,12 +263,7 @@ pub(crate) fn connect_session(
     connect: &ConnectFn,
     auth_token: Option<String>,
 ) -> Result<Session, Refusal> {
-    let origin = req.header("origin");
-    if !origin_allowed(origin, &config.check_origin) {
-        let origin = crate::logger::shown(origin.unwrap_or(""));
-        log::warn!("refused socket from {peer_addr}: origin {origin} not allowed");
-        return Err(403.into());
-    }
+    check_origin(req, peer_addr, config)?;
     let mut params = parse_query(&req.query);
     let vsn = Vsn::negotiate(params.remove("vsn").as_deref()).ok_or(403u16)?;
     let info = ConnectInfo {
@@ -264,8 +273,28 @@ pub(crate) fn connect_session(
         user_agent: req.header("user-agent").map(str::to_string),
         x_headers: x_headers(req),
     };
-    let connected = connect(&info).map_err(|r| Refusal::from(r.status))?;
+    let connected = connect(&info).map_err(|r| {
+        crate::limits::count(&crate::limits::REFUSALS.connect);
+        log::warn!("refused socket from {peer_addr}: {}", crate::logger::shown(&r.reason));
+        Refusal { status: r.status, body: r.reason.into() }
+    })?;
     Ok(Session { vsn, assigns: connected.assigns, socket_id: connected.id })
+}
+
+/// The origin rule (`crate::origin`) for a socket request, WebSocket or LongPoll: 403 with the
+/// reason, which is logged.
+pub(crate) fn check_origin(
+    req: &RequestHead,
+    peer_addr: SocketAddr,
+    config: &Config,
+) -> Result<(), Refusal> {
+    crate::origin::check(req.header("origin"), req.header("host"), &config.check_origin).map_err(
+        |reason| {
+            crate::limits::count(&crate::limits::REFUSALS.origin);
+            log::warn!("refused socket from {peer_addr}: {}", crate::logger::shown(&reason));
+            Refusal { status: 403, body: reason.into() }
+        },
+    )
 }
 
 /// RFC 6455 §4.2.1: the request must be an HTTP/1.1 upgrade to `websocket`, version 13, with a
@@ -295,21 +324,6 @@ fn x_headers(req: &RequestHead) -> Vec<(String, String)> {
         .filter(|(name, _)| name.starts_with("x-"))
         .map(|(name, v)| (name.to_string(), v.to_string()))
         .collect()
-}
-
-/// `Origin` check: no header, or an empty allow-list, passes. Entries are host names, and
-/// `*.example.com` matches example.com and its subdomains (scheme and port are not compared).
-fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
-    let Some(origin) = origin else { return true };
-    if allowed.is_empty() {
-        return true;
-    }
-    let host = origin.split("://").nth(1).unwrap_or(origin);
-    let host = host.split(['/', ':']).next().unwrap_or("");
-    allowed.iter().any(|a| match a.strip_prefix("*.") {
-        Some(domain) => host == domain || host.ends_with(&format!(".{domain}")),
-        None => host == a,
-    })
 }
 
 /// The `Sec-WebSocket-Protocol` offer: phoenix.js sends `phoenix` and, with `authToken`,
@@ -429,17 +443,5 @@ mod tests {
         assert_eq!(p.auth_token.as_deref(), Some("token"));
         let none = Subprotocols::parse(None);
         assert!(!none.offered_any && none.auth_token.is_none());
-    }
-
-    #[test]
-    fn origins() {
-        let allowed = vec!["example.com".to_string(), "*.other.com".to_string()];
-        assert!(origin_allowed(None, &allowed));
-        assert!(origin_allowed(Some("https://example.com"), &allowed));
-        assert!(origin_allowed(Some("http://a.b.other.com:8080"), &allowed));
-        assert!(origin_allowed(Some("http://other.com"), &allowed));
-        assert!(!origin_allowed(Some("http://evil.com"), &allowed));
-        assert!(!origin_allowed(Some("http://notother.com"), &allowed));
-        assert!(origin_allowed(Some("http://evil.com"), &[]));
     }
 }

@@ -39,7 +39,8 @@ fn check(
         None => server.request(method, path, &[], None),
     };
     assert_eq!((response.status, response.json()), (status, expected), "{method} {path} {body:?}");
-    assert_eq!(response.header("access-control-allow-origin"), Some("*"));
+    // CORS is off by default: same-origin clients need no header.
+    assert_eq!(response.header("access-control-allow-origin"), None);
     assert_eq!(response.header("content-type"), Some("application/json; charset=utf-8"));
 }
 
@@ -87,7 +88,7 @@ fn crud_round_trip() {
 
     let deleted = server.request("DELETE", &path, &[], None);
     assert_eq!((deleted.status, deleted.body.len()), (204, 0));
-    assert_eq!(deleted.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(deleted.header("access-control-allow-origin"), None);
     check(&server, "GET", &path, None, 404, json!({"errors": {"detail": "Not Found"}}));
 }
 
@@ -244,6 +245,7 @@ fn wrong_methods_are_405_with_allow() {
         ("POST", "/api/superheroes/1", "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"),
         ("POST", "/healthz", "GET, HEAD, OPTIONS"),
         ("TRACE", "/config.json", "GET, HEAD, OPTIONS"),
+        ("QUERY", "/api/superheroes", "GET, HEAD, POST, OPTIONS"),
     ];
     for (method, path, allow) in cases {
         let response = server.request(method, path, &[], None);
@@ -319,29 +321,46 @@ fn non_json_content_type_is_415() {
 }
 
 #[test]
-fn cors_preflight_and_headers() {
-    let (_db, server) = server();
-    let headers = [
-        ("Origin", "http://localhost:5173"),
-        ("Access-Control-Request-Method", "PATCH"),
-        ("Access-Control-Request-Headers", "content-type, x-requested-with"),
-    ];
-    let response = server.request("OPTIONS", "/api/superheroes/1", &headers, None);
-    assert_eq!(response.status, 204);
-    assert_eq!(response.header("access-control-allow-origin"), Some("*"));
+fn cors_only_for_listed_origins() {
+    let db = TestDb::new();
+    let config =
+        HttpConfig { cors_origins: vec!["http://localhost:5173".into()], ..HttpConfig::default() };
+    let server = TestServer::with_config(config, Some(db.store()));
+    let preflight = |origin: &str| {
+        let headers = [
+            ("Origin", origin),
+            ("Access-Control-Request-Method", "PATCH"),
+            ("Access-Control-Request-Headers", "content-type, x-evil"),
+        ];
+        server.request("OPTIONS", "/api/superheroes/1", &headers, None)
+    };
+    let listed = preflight("http://localhost:5173");
+    assert_eq!(listed.status, 204);
+    assert_eq!(listed.header("access-control-allow-origin"), Some("http://localhost:5173"));
     assert_eq!(
-        response.header("access-control-allow-methods"),
+        listed.header("access-control-allow-methods"),
         Some("GET, HEAD, PUT, PATCH, DELETE, OPTIONS")
     );
-    assert_eq!(
-        response.header("access-control-allow-headers"),
-        Some("content-type, x-requested-with")
-    );
-    assert_eq!(response.header("access-control-max-age"), Some("86400"));
+    // Only the header the API reads; the browser refuses the call that wanted x-evil.
+    assert_eq!(listed.header("access-control-allow-headers"), Some("content-type"));
+    assert_eq!(listed.header("access-control-max-age"), Some("600"));
+    assert_eq!(listed.header("vary"), Some("Origin"));
+    let other = preflight("https://evil.example");
+    assert_eq!(other.status, 204);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    assert_eq!(other.header("access-control-allow-methods"), None);
     assert_eq!(server.request("OPTIONS", "/api/unknown", &[], None).status, 404);
-    for path in ["/api/superheroes", "/nope", "/healthz"] {
-        assert_eq!(server.get(path).header("access-control-allow-origin"), Some("*"), "{path}");
-    }
+    let get = |origin| server.request("GET", "/api/superheroes", &[("Origin", origin)], None);
+    assert_eq!(
+        get("http://localhost:5173").header("access-control-allow-origin"),
+        Some("http://localhost:5173")
+    );
+    assert_eq!(
+        get("http://localhost:5173").header("access-control-expose-headers"),
+        Some("Location")
+    );
+    assert_eq!(get("https://evil.example").header("access-control-allow-origin"), None);
+    assert_eq!(get("null").header("access-control-allow-origin"), None);
 }
 
 #[test]

@@ -100,7 +100,7 @@ impl Lp {
 
 /// The chat application with its own connect callback (`user_id` from the params).
 fn server_with(config: Config) -> TestServer {
-    TestServer::with(config, phx_threads::app::router(None), phx_threads::app::connect())
+    TestServer::with(config, phx_threads::app::router(None), phx_threads::app::connect(None))
 }
 
 fn short_window() -> Config {

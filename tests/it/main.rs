@@ -25,6 +25,8 @@ mod rate_limits;
 mod presence;
 // Issue #13: three binaries on one PostgreSQL with --cluster.
 mod cluster;
+// Issue #14 part 2: signed tokens, the origin rule, per-address limits.
+mod security;
 
 // The REST API end to end over real sockets, and the openapi.yaml-vs-router check.
 mod http_api;

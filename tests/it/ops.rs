@@ -148,7 +148,7 @@ fn close_summaries_stay_below_info_by_default() {
 #[test]
 fn admin_stats_is_for_loopback_or_the_token_and_pushes_snapshots() {
     let router = app::router_with_stats(None, Some(admin_channel::new_history()));
-    let connect = app::connect_with_admin(Some("tok-123".into()));
+    let connect = app::connect_with_admin(None, Some("tok-123".into()));
     let ws = TestServer::with(test_config(), router, connect);
     let mut local = ws.client();
     let (_, reply) = local.join(admin_channel::TOPIC, json!({}));

@@ -134,7 +134,7 @@ fn start(window_ms: u64) -> TestServer {
 }
 
 fn start_with(config: Config) -> TestServer {
-    TestServer::with(config, router(), app::connect())
+    TestServer::with(config, router(), app::connect(None))
 }
 
 fn router() -> Router {

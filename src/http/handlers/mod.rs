@@ -13,9 +13,11 @@ use crate::cluster::ClusterView;
 use crate::http::HttpConfig;
 use crate::store::Store;
 
-/// What handlers share: the configuration and the store (absent with `--no-database`).
+/// What handlers share: the configuration, the store (absent with `--no-database`) and the
+/// per-address budget of writes (absent when `rest_write_rate` is 0).
 pub struct Ctx {
     pub config: HttpConfig,
     pub store: Option<Store>,
     pub cluster: Option<ClusterView>,
+    pub writes: Option<crate::limits::RateLimiter>,
 }

@@ -92,7 +92,7 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
 }
 
 /// The `superhero` object of the JSON body; anything else is a 400.
-fn superhero_attrs(request: &ApiRequest) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn superhero_attrs(request: &ApiRequest) -> Result<Map<String, Value>, ApiError> {
     if request.body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("empty body, expected {\"superhero\": {...}}"));
     }

@@ -17,10 +17,9 @@ pub(crate) const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Methods we recognise (case-sensitive, RFC 9110 §9.1); any other token is 501.
-/// Methods this server knows: a known method the route does not take gets 405 from the router,
-/// anything else 501. QUERY (the IETF's safe method with a body, which clients and API testers
-/// such as schemathesis already send) is known, so it is answered 405 like any other method a
-/// route does not take.
+/// phx-threads patch 8: `QUERY` (the IETF httpbis safe-query draft) is passed on, so the
+/// application answers it 405 with `Allow` like any method a path does not take (schemathesis
+/// sends it as an undeclared method); other unknown methods stay 501.
 const KNOWN_METHODS: [&str; 10] =
     ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"];
 

@@ -194,8 +194,16 @@ const CONNECTION_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// reads the next one. Handlers answer well within this; past it the connection is closed.
 const RESPONSE_WAIT: Duration = Duration::from_secs(120);
 
-/// phx-threads patches 6 and 7: the bounds on every client.
-#[derive(Debug, Clone)]
+/// phx-threads patch 8: decides, on the accept thread, whether a peer address may open one
+/// more connection: `Some(guard)` admits it (the guard is held until the connection's thread
+/// ends, so dropping it frees the address's place), `None` answers 503 with the reason
+/// "too many connections from this address". Unix-socket peers have no address and are not
+/// asked.
+pub type AddressGate =
+    Arc<dyn Fn(std::net::IpAddr) -> Option<Box<dyn std::any::Any + Send>> + Send + Sync>;
+
+/// phx-threads patches 6, 7 and 8: the bounds on every client.
+#[derive(Clone)]
 pub struct Limits {
     /// A request head must arrive whole within this, however slowly it trickles; an idle
     /// keep-alive connection is closed silently after this long too.
@@ -210,6 +218,20 @@ pub struct Limits {
     pub max_connections: usize,
     /// The body of every error response the server sends itself.
     pub error_body: ErrorBody,
+    /// Per-address admission (patch 8); `None` admits every address.
+    pub address_gate: Option<AddressGate>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("head_timeout", &self.head_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("address_gate", &self.address_gate.is_some())
+            .finish()
+    }
 }
 
 impl Default for Limits {
@@ -220,6 +242,7 @@ impl Default for Limits {
             max_body_bytes: 1 << 20,
             max_connections: 1024,
             error_body: json_error_body,
+            address_gate: None,
         }
     }
 }
@@ -427,9 +450,9 @@ impl Acceptor {
         log::debug!("Running accept thread");
         while !self.close.load(Relaxed) {
             match self.listener.accept() {
-                Ok((sock, _)) => {
+                Ok((sock, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    self.admit(sock, &tasks_pool);
+                    self.admit(sock, peer, &tasks_pool);
                 }
                 Err(e) => {
                     log::warn!("http accept failed: {e}; retrying in {backoff:?}");
@@ -442,13 +465,29 @@ impl Acceptor {
     }
 
     /// Gives the connection a thread of the pool, or refuses it when too many are open.
-    fn admit(&self, sock: Connection, tasks_pool: &util::TaskPool) {
+    fn admit(
+        &self,
+        sock: Connection,
+        peer: Option<std::net::SocketAddr>,
+        tasks_pool: &util::TaskPool,
+    ) {
         let max = self.limits.max_connections;
         if self.open.load(Relaxed) >= max {
             log::warn!("refusing an http connection: max connections ({max}) reached");
             return refuse_busy(sock, "too many connections", self.limits.error_body);
         }
-        let slot = Slot::take(&self.open);
+        // phx-threads patch 8: the per-address place, held as long as the slot.
+        let place = match (&self.limits.address_gate, peer) {
+            (Some(gate), Some(peer)) => match gate(peer.ip()) {
+                Some(place) => Some(place),
+                None => {
+                    let why = "too many connections from this address";
+                    return refuse_busy(sock, why, self.limits.error_body);
+                }
+            },
+            _ => None,
+        };
+        let slot = Slot::take(&self.open, place);
         let Some(client) = self.client(sock) else { return };
         let messages = self.messages.clone();
         let mut task = Some(move || serve(client, &messages, slot));
@@ -514,13 +553,14 @@ fn serve(client: ClientConnection, messages: &MessagesQueue<Message>, _slot: Slo
     }
 }
 
-/// A connection's place under `Limits::max_connections`, freed when its thread ends.
-struct Slot(Arc<AtomicUsize>);
+/// A connection's place under `Limits::max_connections` and its address's place (patch 8),
+/// freed when its thread ends.
+struct Slot(Arc<AtomicUsize>, #[allow(dead_code)] Option<Box<dyn std::any::Any + Send>>);
 
 impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Slot {
+    fn take(open: &Arc<AtomicUsize>, place: Option<Box<dyn std::any::Any + Send>>) -> Slot {
         open.fetch_add(1, Relaxed);
-        Slot(open.clone())
+        Slot(open.clone(), place)
     }
 }
 
