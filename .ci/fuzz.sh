@@ -17,7 +17,12 @@ if ! cargo "+$TOOLCHAIN" --version >/dev/null 2>&1; then
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "--- installing cargo-fuzz"
-  timeout 900 cargo install cargo-fuzz --locked --quiet
+  # Bounded so CI stays under its 30 minutes: a registry too slow to build it in time skips the
+  # fuzzing loudly (the corpus still replays in the unit tests) rather than failing everything.
+  if ! timeout "${FUZZ_INSTALL_SECONDS:-600}" cargo install cargo-fuzz --locked --quiet; then
+    echo "fuzz: SKIPPED: cargo-fuzz did not install within ${FUZZ_INSTALL_SECONDS:-600}s"
+    exit 0
+  fi
 fi
 
 echo "--- building the fuzz targets"
