@@ -28,6 +28,10 @@ pub struct Refusals {
     pub origin: AtomicU64,
     /// Connects refused by the connect callback (a missing or invalid token).
     pub connect: AtomicU64,
+    /// Client messages (and joins) answered `{"reason":"rate limited"}`.
+    pub rate_limited: AtomicU64,
+    /// Connections closed (1008) for sending over their rate limit regardless.
+    pub rate_limit_closes: AtomicU64,
 }
 
 /// The process's refusal counters.
@@ -37,7 +41,25 @@ pub static REFUSALS: Refusals = Refusals {
     rest_writes: AtomicU64::new(0),
     origin: AtomicU64::new(0),
     connect: AtomicU64::new(0),
+    rate_limited: AtomicU64::new(0),
+    rate_limit_closes: AtomicU64::new(0),
 };
+
+impl Refusals {
+    /// Every counter with the name it is exported under (`phx_limit_refusals_total{kind}`).
+    pub fn all(&self) -> [(&'static str, u64); 7] {
+        let read = |c: &AtomicU64| c.load(Relaxed);
+        [
+            ("ws_per_address", read(&self.ws_per_address)),
+            ("http_per_address", read(&self.http_per_address)),
+            ("rest_writes", read(&self.rest_writes)),
+            ("origin", read(&self.origin)),
+            ("connect", read(&self.connect)),
+            ("rate_limited", read(&self.rate_limited)),
+            ("rate_limit_closes", read(&self.rate_limit_closes)),
+        ]
+    }
+}
 
 /// Counts one refusal.
 pub fn count(counter: &AtomicU64) {

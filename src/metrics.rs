@@ -34,6 +34,11 @@ pub struct PatternLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -87,6 +92,8 @@ pub struct Metrics {
     pub threads: Gauge,
     pub resident_bytes: Gauge,
     pub open_fds: Gauge,
+    /// `limits::REFUSALS`, brought up to date at every scrape.
+    pub limit_refusals: Family<KindLabel, Counter>,
     started: Instant,
     /// Totals across labels, for the dashboard's snapshot (`app::admin_channel`).
     open_connections: AtomicI64,
@@ -131,6 +138,7 @@ impl Metrics {
             threads: Gauge::default(),
             resident_bytes: Gauge::default(),
             open_fds: Gauge::default(),
+            limit_refusals: Family::default(),
             started: Instant::now(),
             open_connections: AtomicI64::new(0),
             open_channels: AtomicI64::new(0),
@@ -168,6 +176,8 @@ impl Metrics {
         let help = "Resident set size";
         r.register_with_unit("resident", help, Unit::Bytes, self.resident_bytes.clone());
         r.register("open_fds", "Open file descriptors", self.open_fds.clone());
+        let help = "Refusals of per-client limits (origin, tokens, per-address caps, rates)";
+        r.register("limit_refusals", help, self.limit_refusals.clone());
         self
     }
 
@@ -213,6 +223,19 @@ pub fn refresh_process_gauges(m: &Metrics) {
     }
     let fds = std::fs::read_dir("/proc/self/fd").map(Iterator::count).unwrap_or(0);
     m.open_fds.set(fds as i64);
+    refresh_limit_refusals(m);
+}
+
+/// Brings each `limit_refusals` counter up to its `limits::REFUSALS` atomic (which the limits
+/// count themselves, so that `limits` needs no metrics); a counter only ever moves up.
+fn refresh_limit_refusals(m: &Metrics) {
+    // Two scrapes at once must not both add the same difference.
+    static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock();
+    for (kind, total) in crate::limits::REFUSALS.all() {
+        let counter = m.limit_refusals.get_or_create(&KindLabel { kind });
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
 }
 
 /// The first number after `key` in `/proc/<pid>/status` text.

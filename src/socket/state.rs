@@ -174,12 +174,14 @@ impl SocketState {
             Verdict::Pass => None,
             Verdict::Refuse => {
                 log::debug!("conn {}: rate limited {}", self.conn, shown(&m.event));
+                crate::limits::count(&crate::limits::REFUSALS.rate_limited);
                 let reason = json!({ "reason": "rate limited" }).into();
                 let (jr, r, t) = (m.join_ref.clone(), m.ref_.clone(), m.topic.clone());
                 Some(vec![reply(jr, r, t, "error", reason)])
             }
             Verdict::Evict => {
                 log::info!("conn {}: closing, it kept sending over its rate limit", self.conn);
+                crate::limits::count(&crate::limits::REFUSALS.rate_limit_closes);
                 Some(vec![Effect::Close(CLOSE_POLICY, "rate limit exceeded".into())])
             }
         }

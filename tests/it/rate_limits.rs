@@ -51,6 +51,10 @@ fn messages_over_budget_are_refused_then_the_client_is_closed_with_1008() {
     // Only that client pays: a fresh connection has its own budget.
     let mut fresh = server.client();
     assert_eq!(fresh.heartbeat()[4]["status"], "ok");
+    // Every refusal is counted, and /metrics exports the counts (one test per process).
+    let metrics = phx_threads::metrics::render();
+    assert!(metrics.contains("phx_limit_refusals_total{kind=\"rate_limited\"} 3\n"), "{metrics}");
+    assert!(metrics.contains("phx_limit_refusals_total{kind=\"rate_limit_closes\"} 1\n"));
 }
 
 #[test]
