@@ -5,8 +5,9 @@
 //! says `bye` is gone at once.
 //!
 //! Notifications sent while this connection is down are lost (PostgreSQL keeps none for a
-//! listener that is not there): after a reconnect, which backs off and is logged, every node
-//! is treated as newly joined. A gap in an origin's sequence numbers is logged and counted
+//! listener that is not there): the membership is forgotten as soon as the connection is lost,
+//! so `/cluster` lists no peer until it is heard again after the reconnect (which backs off and
+//! is logged), and every node is then treated as newly joined. A gap in an origin's sequence numbers is logged and counted
 //! (`Stats::missed`).
 
 use std::sync::Arc;
@@ -42,12 +43,15 @@ impl InboundProcess {
                 log::warn!(
                     "cluster-listen: listening again; notifications sent meanwhile are lost"
                 );
-                self.shared.members.lock().clear();
             }
             first = false;
             if self.listen(&mut client) {
                 return;
             }
+            // Forgotten at once, not at the reconnect: while this node hears nothing it cannot
+            // say who is up, and `/cluster` must not show peers it has not heard since (a node
+            // seen again is then heard on the new connection, after LISTEN).
+            self.shared.members.lock().clear();
         }
     }
 
