@@ -108,7 +108,7 @@ echo "== phoenix.js from Node over wss://"
 echo "== browser tests over https:// and wss://"
 (cd superheroes-react && E2E_BASE_URL="$BASE" E2E_SOCKET_URL="wss://localhost:$TLS_PORT/socket" \
   E2E_ADMIN_TOKEN="$TOKEN" NODE_TLS_REJECT_UNAUTHORIZED=0 \
-  deadline 300 node --test --test-concurrency=1 e2e/dashboard.test.mjs)
+  deadline 300 node --test --test-concurrency=1 e2e/dashboard.test.mjs e2e/roster-tls.test.mjs)
 
 if grep -H "$TOKEN" "$WORK/access.log" "$WORK/phx.err" | head -3 && grep -q "$TOKEN" "$WORK/access.log" "$WORK/phx.err"; then
   echo "the admin token reached a log"; exit 1
