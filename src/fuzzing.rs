@@ -79,6 +79,13 @@ pub fn rest_body(data: &[u8]) {
     }
 }
 
+/// A LongPoll request: head, session token against a table of sessions, POSTed lines.
+pub fn longpoll(data: &[u8]) {
+    static SESSIONS: OnceLock<crate::socket::longpoll::Sessions> = OnceLock::new();
+    let sessions = SESSIONS.get_or_init(Default::default);
+    crate::socket::longpoll::parse_request(data, sessions, &Config::default());
+}
+
 /// The token verifiers (Phoenix.Token, JWT) and the Erlang term decoder on its own (a forged
 /// signature never reaches it through the verifier).
 pub fn tokens(data: &[u8]) {
@@ -95,11 +102,12 @@ mod tests {
     #[test]
     fn the_corpus_replays_without_panics() {
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 4] = [
+        let targets: [(&str, Target); 5] = [
             ("protocol", super::protocol),
             ("upgrade_head", super::upgrade_head),
             ("rest_body", super::rest_body),
             ("tokens", super::tokens),
+            ("longpoll", super::longpoll),
         ];
         for (name, target) in targets {
             let dir =

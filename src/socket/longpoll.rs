@@ -409,18 +409,53 @@ fn serve_lines(socket: &mut Socket, lp: &LongPoll, lines: &Receiver<Line>) -> En
 }
 
 fn handle_line(socket: &mut Socket, line: Line) -> Result<(), End> {
-    let result = if line.text.is_empty() {
-        Ok(()) // a wake-up from `closing`
-    } else if line.text.starts_with('[') || line.text.starts_with('{') {
-        socket.handle_frame(Inbound::Text(&line.text))
-    } else {
-        match transport::base64_decode(&line.text) {
-            Some(bytes) => socket.handle_frame(Inbound::Binary(&bytes)),
-            None => socket.handle_frame(Inbound::Text(&line.text)),
-        }
+    let result = match line_frame(&line.text) {
+        None => Ok(()), // a wake-up from `closing`
+        Some(LineFrame::Text(text)) => socket.handle_frame(Inbound::Text(text)),
+        Some(LineFrame::Binary(bytes)) => socket.handle_frame(Inbound::Binary(&bytes)),
     };
     let _ = line.done.send(());
     result
+}
+
+/// One POSTed line as a client frame: JSON text, or a binary frame in base64 (phoenix.js
+/// sends binary pushes that way over LongPoll).
+enum LineFrame<'a> {
+    Text(&'a str),
+    Binary(Vec<u8>),
+}
+
+fn line_frame(text: &str) -> Option<LineFrame<'_>> {
+    if text.is_empty() {
+        None
+    } else if text.starts_with('[') || text.starts_with('{') {
+        Some(LineFrame::Text(text))
+    } else {
+        Some(transport::base64_decode(text).map_or(LineFrame::Text(text), LineFrame::Binary))
+    }
+}
+
+/// What the server does with a LongPoll request's bytes before any session thread is involved,
+/// for the `longpoll` fuzz target: the head, the session token (checked against `sessions`,
+/// where a forged one must fail), the ndjson lines of a POST body and each line decoded as the
+/// session would decode it. Never panics, whatever `data` is.
+pub(crate) fn parse_request(data: &[u8], sessions: &Sessions, config: &crate::config::Config) {
+    let split = data.windows(4).position(|w| w == b"\r\n\r\n").map_or(data.len(), |i| i + 4);
+    let Ok(head) = http1::parse(&data[..split]) else { return };
+    let _ = handles(&head, config);
+    if let Some(token) = session_token(&head) {
+        let _ = sessions.find(&token, std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let Ok(body) = std::str::from_utf8(&data[split..]) else { return };
+    for line in body.split('\n').take(MAX_BATCH) {
+        for vsn in [crate::protocol::Vsn::V1, crate::protocol::Vsn::V2] {
+            let _ = match line_frame(line) {
+                None => continue,
+                Some(LineFrame::Text(text)) => vsn.decode(Inbound::Text(text)).is_ok(),
+                Some(LineFrame::Binary(bytes)) => vsn.decode(Inbound::Binary(&bytes)).is_ok(),
+            };
+        }
+    }
 }
 
 /// The WebSocket frames in `bytes` (server frames: unmasked), as (opcode, payload).

@@ -13,7 +13,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod http1;
-mod longpoll;
+pub(crate) mod longpoll;
 mod rate;
 mod state;
 pub mod transport;
