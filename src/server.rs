@@ -87,8 +87,9 @@ impl Connections {
                 log::info!("conn {oldest}: dropped, the oldest of {max_handshakes} handshakes");
                 *phase = Phase::Evicted;
                 crate::metrics::refused_connect("handshake_evicted");
-                // Wakes its thread from reading the request head; the thread then ends.
-                conn.shutdown_tcp();
+                // The client gets a 503 saying why; its thread wakes from reading the request
+                // head and ends.
+                conn.refuse_handshake("too many handshakes in progress; this one was the oldest");
             }
         }
         table.conns.insert(id, (shared.clone(), Phase::Handshake));

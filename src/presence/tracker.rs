@@ -293,7 +293,9 @@ impl Tracker {
         let msg = match parsed {
             Ok(msg) if msg.from() == &**self.state.replica() => return,
             Ok(msg) => msg,
-            Err(e) => return log::warn!("presence: ignoring a replication message: {e}"),
+            // The sender is unknown, so it cannot be asked now; its next heartbeat's digest
+            // will not match, and that asks it for its whole state (see `Heartbeat`).
+            Err(e) => return log::warn!("presence: unreadable replication message: {e}"),
         };
         let Some(r) = self.replication.as_mut() else { return };
         if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), Instant::now()) {
@@ -311,7 +313,11 @@ impl Tracker {
                         let changes = self.state.merge(&delta);
                         self.record(changes);
                     }
-                    None => log::warn!("presence: ignoring an unreadable delta from {from}"),
+                    None => {
+                        // Catch up instead of diverging: ask the sender for its whole state.
+                        log::warn!("presence: unreadable delta from {from}; asking for its state");
+                        self.send(&Message::Want { from: self.replica(), to: from });
+                    }
                 }
             }
             Message::Heartbeat { from, clock, held } => {

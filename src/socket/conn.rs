@@ -191,6 +191,19 @@ impl ConnShared {
         let _ = self.tcp.shutdown(Shutdown::Both);
     }
 
+    /// Refuses a connection still in its handshake: an HTTP 503 with `reason`, if one
+    /// non-blocking send takes it (the client sees why), then the stream is shut, which wakes
+    /// the connection's thread from reading the request head.
+    pub fn refuse_handshake(&self, reason: &str) {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\n\r\n{reason}",
+            reason.len()
+        );
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let _ = SockRef::from(&*self.tcp).send_with_flags(response.as_bytes(), flags);
+        self.shutdown_tcp();
+    }
+
     /// Queues one frame for this connection's writer, in order with every other frame; never
     /// blocks. For the connection's own threads (socket, channels), which must not write to
     /// the stream themselves (module doc). False if the connection is ending, broken, or was

@@ -342,15 +342,19 @@ fn half_sent_upgrades_do_not_lock_real_clients_out() {
     for client in &mut clients {
         client.join_ok(&unique_topic("room"));
     }
-    // The twelve oldest were dropped to make room for newer handshakes: their streams end.
+    // The twelve oldest were dropped to make room for newer handshakes: each is told why
+    // (503 with the reason), then its stream ends.
     for (n, tcp) in half_open[..12].iter_mut().enumerate() {
         tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let mut buf = [0u8; 16];
-        match tcp.read(&mut buf) {
-            Ok(0) => {}
+        let mut answer = Vec::new();
+        match tcp.read_to_end(&mut answer) {
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("half-open upgrade {n} still open: {other:?}"),
+            Err(e) => panic!("half-open upgrade {n} still open: {e:?}"),
         }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "half-open upgrade {n}: {answer:?}");
+        assert!(answer.contains("too many handshakes"), "{answer}");
     }
     let err = WsClient::connect(server.addr(), "vsn=2.0.0").err().expect("over max_connections");
     assert!(err.to_string().contains("503"), "{err}");
