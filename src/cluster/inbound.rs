@@ -4,11 +4,15 @@
 //! heartbeat of its origin (`Members`); a node silent for `node_timeout` is down, one that
 //! says `bye` is gone at once.
 //!
-//! Notifications sent while this connection is down are lost (PostgreSQL keeps none for a
-//! listener that is not there): the membership is forgotten as soon as the connection is lost,
-//! so `/cluster` lists no peer until it is heard again after the reconnect (which backs off and
-//! is logged), and every node is then treated as newly joined. A gap in an origin's sequence numbers is logged and counted
-//! (`Stats::missed`).
+//! Nothing is lost across a reconnect: notifications sent while this connection is down
+//! never reach it (PostgreSQL keeps none for a listener that is not there), but every batch is
+//! also in the log (`cluster_messages`, see `relay.rs`), and `Cursors` knows up to which batch
+//! of each origin this node delivered. After the reconnect (LISTEN first, so nothing falls in
+//! between) it fetches the rest of every origin's batches in order; later, any notification
+//! whose number is past the cursor (a gap, a batch too big for NOTIFY) fetches what lies
+//! between. Batches gone from the log are counted (`Stats::missed`) and logged. Membership is
+//! forgotten as soon as the connection is lost, so `/cluster` lists no peer until it is heard
+//! again, and every node is then treated as newly joined (Presence takes its full state).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
+use super::cursor::{Cursors, Mark};
 use super::members::Seen;
 use super::wire::{self, Envelope};
 use super::{CHANNEL, Shared, backoff_sleep};
@@ -25,27 +30,29 @@ use crate::pubsub::PubSub;
 
 /// Notifications are awaited in slices of this, so stops and expiries are noticed.
 const POLL: Duration = Duration::from_millis(100);
+/// Batches fetched from the log per query.
+const PAGE: i64 = 256;
+const FETCH: &str = "SELECT batch, body FROM cluster_messages WHERE origin = $1 \
+    AND incarnation = $2 AND batch >= $3 AND batch <= $4 ORDER BY batch LIMIT $5";
 
 pub(super) struct InboundProcess {
     pub pg: postgres::Config,
     pub pubsub: PubSub,
     pub stop: Receiver<()>,
     pub shared: Arc<Shared>,
+    /// Per origin, the last batch delivered here; kept across reconnects.
+    pub cursors: Cursors,
 }
 
 impl InboundProcess {
     /// Bounded by the stop channel.
-    pub fn run(self) {
+    pub fn run(mut self) {
         let mut attempt = 0u32;
         let mut first = true;
         while let Some(mut client) = self.connect(&mut attempt) {
-            if !first {
-                log::warn!(
-                    "cluster-listen: listening again; notifications sent meanwhile are lost"
-                );
-            }
+            let caught_up = first || self.catch_up(&mut client);
             first = false;
-            if self.listen(&mut client) {
+            if caught_up && self.listen(&mut client) {
                 return;
             }
             // Forgotten at once, not at the reconnect: while this node hears nothing it cannot
@@ -53,6 +60,19 @@ impl InboundProcess {
             // seen again is then heard on the new connection, after LISTEN).
             self.shared.members.lock().clear();
         }
+    }
+
+    /// After a reconnect: every origin's batches past its cursor, from the log. False if the
+    /// connection failed meanwhile.
+    fn catch_up(&mut self, client: &mut Client) -> bool {
+        log::warn!("cluster-listen: listening again; fetching what was missed from the log");
+        for (origin, incarnation, delivered) in self.cursors.resume_points() {
+            if let Err(e) = self.fetch(client, &origin, incarnation, delivered + 1, None) {
+                log::warn!("cluster-listen: database connection lost: {e}; reconnecting");
+                return false;
+            }
+        }
+        true
     }
 
     fn connect(&self, attempt: &mut u32) -> Option<Client> {
@@ -76,7 +96,7 @@ impl InboundProcess {
     }
 
     /// Delivers until stopped (true) or the connection is lost (false).
-    fn listen(&self, client: &mut Client) -> bool {
+    fn listen(&mut self, client: &mut Client) -> bool {
         loop {
             if self.stopped(Duration::ZERO) {
                 return true;
@@ -96,8 +116,8 @@ impl InboundProcess {
         }
     }
 
-    /// One notification. Err only when the connection failed (fetching a stored batch).
-    fn receive(&self, client: &mut Client, text: &str) -> Result<(), String> {
+    /// One notification. Err only when the connection failed (fetching from the log).
+    fn receive(&mut self, client: &mut Client, text: &str) -> Result<(), String> {
         let env: Envelope = match serde_json::from_str(text) {
             Ok(env) => env,
             Err(e) => {
@@ -109,51 +129,93 @@ impl InboundProcess {
             return Ok(());
         }
         self.note(&env);
+        self.follow(client, &env)?;
         if env.bye {
+            self.cursors.forget(&env.n);
             if self.shared.members.lock().left(&env.n) {
                 log::info!("cluster: node {} left (orderly shutdown)", env.n);
             }
-            return Ok(());
         }
-        match env.r {
-            Some(id) => self.deliver_row(client, &env.n, id),
-            None => {
-                self.deliver(&env.n, env.m.iter().map(|m| m.get()));
-                Ok(())
-            }
+        Ok(())
+    }
+
+    /// Delivers what `env` carries, after fetching what it shows this node missed.
+    fn follow(&mut self, client: &mut Client, env: &Envelope) -> Result<(), String> {
+        let inline = !env.m.is_empty();
+        let mark = Mark { incarnation: env.i, batch: env.s, is_batch: env.is_batch(), inline };
+        let plan = self.cursors.plan(&env.n, mark);
+        if let Some(range) = plan.fetch {
+            self.fetch(client, &env.n, env.i, *range.start(), Some(*range.end()))?;
         }
+        if plan.deliver {
+            self.deliver(&env.n, env.m.iter().map(|m| m.get()));
+            self.cursors.advance(&env.n, env.s);
+        }
+        Ok(())
     }
 
     /// Membership bookkeeping for one notification of `env.n`.
     fn note(&self, env: &Envelope) {
-        let seen = self.shared.members.lock().seen(&env.n, env.i, env.s, Instant::now());
+        let seen = self.shared.members.lock().seen(&env.n, env.i, Instant::now());
         match seen {
-            Seen::InOrder => {}
+            Seen::Known => {}
             Seen::Joined { restarted: false } => log::info!("cluster: node {} is up", env.n),
             Seen::Joined { restarted: true } => {
                 log::info!("cluster: node {} restarted (incarnation {})", env.n, env.i)
             }
-            Seen::Gap { missed } => {
-                self.shared.stats.missed.fetch_add(missed, Ordering::Relaxed);
-                log::warn!("cluster: missed {missed} notifications from node {}", env.n);
-            }
         }
     }
 
-    fn deliver_row(&self, client: &mut Client, origin: &str, id: i64) -> Result<(), String> {
-        let sql = "SELECT body FROM cluster_messages WHERE id = $1";
-        let row = client.query_opt(sql, &[&id]).map_err(|e| e.to_string())?;
-        let batch = row.and_then(|r| wire::decode_batch(r.get::<_, &str>(0)));
-        match batch {
-            Some(batch) => self.deliver(origin, batch.iter().map(|m| m.get())),
-            None => {
-                self.shared.stats.missed.fetch_add(1, Ordering::Relaxed);
-                log::error!(
-                    "cluster-listen: stored batch {id} of node {origin} is gone or unreadable"
-                );
+    /// Delivers `origin`'s logged batches from `from` to `to` (or all there are), in order, a
+    /// page at a time; numbers the log no longer has are counted as missed.
+    fn fetch(
+        &mut self,
+        client: &mut Client,
+        origin: &str,
+        incarnation: u64,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<(), String> {
+        let mut next = from;
+        loop {
+            let last = to.map_or(i64::MAX, |t| t as i64);
+            let params: [&(dyn postgres::types::ToSql + Sync); 5] =
+                [&origin, &(incarnation as i64), &(next as i64), &last, &PAGE];
+            let rows = client.query(FETCH, &params).map_err(|e| e.to_string())?;
+            for row in &rows {
+                let number = row.get::<_, i64>(0) as u64;
+                self.count_missed(origin, number - next);
+                self.deliver_logged(origin, row.get(1));
+                self.cursors.advance(origin, number);
+                next = number + 1;
+            }
+            if (rows.len() as i64) < PAGE {
+                break;
             }
         }
+        if let Some(to) = to.filter(|&t| t >= next) {
+            self.count_missed(origin, to + 1 - next);
+            self.cursors.advance(origin, to);
+        }
         Ok(())
+    }
+
+    fn deliver_logged(&self, origin: &str, body: &str) {
+        self.shared.stats.fetched.fetch_add(1, Ordering::Relaxed);
+        match wire::decode_batch(body) {
+            Some(batch) => self.deliver(origin, batch.iter().map(|m| m.get())),
+            None => log::error!("cluster-listen: an unreadable logged batch of node {origin}"),
+        }
+    }
+
+    /// Batches of `origin` gone from the log before this node fetched them.
+    fn count_missed(&self, origin: &str, n: u64) {
+        if n > 0 {
+            self.shared.stats.missed.fetch_add(n, Ordering::Relaxed);
+            log::error!(
+                "cluster-listen: {n} batches of node {origin} were missed (gone from the log)"
+            );
+        }
     }
 
     /// Hands each broadcast to the registry, in order; waits (bounded by PubSub's send
@@ -172,10 +234,12 @@ impl InboundProcess {
         }
     }
 
-    fn expire(&self) {
+    fn expire(&mut self) {
         let timeout = self.shared.config.node_timeout;
-        for name in self.shared.members.lock().expire(Instant::now(), timeout) {
+        let down = self.shared.members.lock().expire(Instant::now(), timeout);
+        for name in down {
             log::warn!("cluster: node {name} is down (silent for {timeout:?})");
+            self.cursors.forget(&name);
         }
     }
 

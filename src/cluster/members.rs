@@ -12,19 +12,15 @@ use serde::Serialize;
 struct Member {
     incarnation: u64,
     last_seen: Instant,
-    /// Last sequence number seen from this incarnation (gaps are missed notifications).
-    seq: u64,
 }
 
 /// What changed when a notification arrived.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
-    /// The expected next notification (or the first of a node we already knew was up).
-    InOrder,
+    /// A node we knew was up.
+    Known,
     /// A node (or a new incarnation of one) we did not have: it needs our full state.
     Joined { restarted: bool },
-    /// `missed` notifications of this incarnation never reached us.
-    Gap { missed: u64 },
 }
 
 #[derive(Debug, Default)]
@@ -41,9 +37,9 @@ pub struct NodeView {
 }
 
 impl Members {
-    /// Records a notification of `seq` from (`name`, `incarnation`).
-    pub fn seen(&mut self, name: &str, incarnation: u64, seq: u64, now: Instant) -> Seen {
-        let fresh = Member { incarnation, last_seen: now, seq };
+    /// Records a notification from (`name`, `incarnation`).
+    pub fn seen(&mut self, name: &str, incarnation: u64, now: Instant) -> Seen {
+        let fresh = Member { incarnation, last_seen: now };
         let Some(m) = self.nodes.get_mut(name) else {
             self.nodes.insert(name.to_string(), fresh);
             return Seen::Joined { restarted: false };
@@ -52,13 +48,8 @@ impl Members {
             *m = fresh;
             return Seen::Joined { restarted: true };
         }
-        let expected = m.seq + 1;
         m.last_seen = now;
-        m.seq = m.seq.max(seq);
-        match seq > expected {
-            true => Seen::Gap { missed: seq - expected },
-            false => Seen::InOrder,
-        }
+        Seen::Known
     }
 
     /// Forgets `name` (its orderly `bye`); true if it was known.
@@ -102,15 +93,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn joins_gaps_restarts_and_expiry() {
+    fn joins_restarts_and_expiry() {
         let t0 = Instant::now();
         let mut m = Members::default();
-        assert_eq!(m.seen("a", 1, 1, t0), Seen::Joined { restarted: false });
-        assert_eq!(m.seen("a", 1, 2, t0), Seen::InOrder);
-        assert_eq!(m.seen("a", 1, 5, t0), Seen::Gap { missed: 2 });
-        assert_eq!(m.seen("a", 2, 1, t0), Seen::Joined { restarted: true });
+        assert_eq!(m.seen("a", 1, t0), Seen::Joined { restarted: false });
+        assert_eq!(m.seen("a", 1, t0), Seen::Known);
+        assert_eq!(m.seen("a", 2, t0), Seen::Joined { restarted: true });
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(m.seen("b", 7, 1, later), Seen::Joined { restarted: false });
+        assert_eq!(m.seen("b", 7, later), Seen::Joined { restarted: false });
         assert_eq!(m.expire(later, Duration::from_secs(1)), ["a"]);
         let names: Vec<String> = m.view(later).into_iter().map(|v| v.name).collect();
         assert_eq!(names, ["b"]);

@@ -10,6 +10,7 @@
 //! broadcast to the relay's bounded mailbox (`RelayTx`), and what does not fit is counted and
 //! logged (`Stats::dropped`), never waited for.
 
+mod cursor;
 mod inbound;
 mod members;
 mod relay;
@@ -81,13 +82,16 @@ pub struct Stats {
     relayed: AtomicU64,
     /// Notifications sent (batches, heartbeats).
     notifications: AtomicU64,
-    /// Batches too big for NOTIFY, sent through `cluster_messages`.
+    /// Batches too big for NOTIFY, sent through the log (`cluster_messages`) only.
     rows: AtomicU64,
     /// Broadcasts the relay's mailbox had no room for: the other nodes never got them.
     dropped: AtomicU64,
     /// Broadcasts received from other nodes.
     received: AtomicU64,
-    /// Notifications (or broadcasts) of other nodes known to be lost on the way here.
+    /// Batches of other nodes fetched from the log (missed notifications, big batches).
+    fetched: AtomicU64,
+    /// Batches of other nodes this node missed and could not fetch from the log (gone:
+    /// older than `LOG_TTL`, or the log emptied by a PostgreSQL crash).
     missed: AtomicU64,
 }
 
@@ -96,14 +100,15 @@ pub(crate) struct Shared {
     node: String,
     incarnation: u64,
     config: ClusterConfig,
-    seq: AtomicU64,
+    batches: AtomicU64,
     members: Mutex<Members>,
     stats: Stats,
 }
 
 impl Shared {
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    /// The next batch number of this incarnation (1, 2, 3…).
+    fn next_batch(&self) -> u64 {
+        self.batches.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A full relay mailbox: counted, and logged at 1, 2, 4, 8… so a flood is seen without
@@ -132,6 +137,7 @@ pub struct Status {
     pub rows: u64,
     pub dropped: u64,
     pub received: u64,
+    pub fetched: u64,
     pub missed: u64,
 }
 
@@ -152,6 +158,7 @@ impl ClusterView {
             rows: get(&s.stats.rows),
             dropped: get(&s.stats.dropped),
             received: get(&s.stats.received),
+            fetched: get(&s.stats.fetched),
             missed: get(&s.stats.missed),
         }
     }
@@ -179,7 +186,7 @@ impl Cluster {
         let shared = Arc::new(Shared {
             node: config.node_name.clone(),
             incarnation: incarnation(),
-            seq: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             members: Mutex::default(),
             stats: Stats::default(),
             config,
@@ -197,6 +204,7 @@ impl Cluster {
             pubsub: pubsub.clone(),
             stop,
             shared: shared.clone(),
+            cursors: cursor::Cursors::default(),
         };
         let mut cluster =
             Cluster { stop: Some(stop_tx), threads: Vec::new(), view: ClusterView(shared.clone()) };

@@ -3,14 +3,18 @@
 //! pool.
 //!
 //! Batches: the broadcasts emitted within `batch_window` of the first go out as one
-//! notification (several if they exceed NOTIFY's limit); a single batch element too big for
-//! NOTIFY goes into a `cluster_messages` row whose id is notified, in the same transaction.
-//! One connection sends everything in mailbox order, so per (origin, topic) order is kept.
-//! With nothing to send for `heartbeat`, a heartbeat notification goes out (every
-//! notification is one). Rows older than `ROW_TTL` are deleted every `SWEEP_EVERY`.
+//! notification (several if they exceed NOTIFY's limit). Each batch gets the next number of
+//! this incarnation and is written to the log (`cluster_messages`, kept `LOG_TTL`) in the same
+//! statement that notifies it, so a receiver that missed it fetches it (`cursor.rs`); a batch
+//! too big for NOTIFY is only in the log, and its notification says so. One connection sends
+//! everything in mailbox order, so per (origin, topic) order is kept. With nothing to send for
+//! `heartbeat`, a heartbeat goes out carrying the last committed number. Log rows older than
+//! `LOG_TTL` are deleted every `SWEEP_EVERY`.
 //! **Nothing is lost silently:** a broadcast the mailbox has no room for is counted and logged
-//! (`Stats::dropped`); a batch the database did not take is kept and sent again after the
-//! reconnect (with backoff, logged), so what is queued survives a PostgreSQL restart.
+//! (`Stats::dropped`); a batch the database did not take is kept, with its number, and sent
+//! again after the reconnect (with backoff, logged), so what is queued survives a PostgreSQL
+//! restart, and a batch that had in fact committed is recognised by its number (the log
+//! ignores the copy, receivers skip it).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,9 +27,15 @@ use super::wire::{self, Body, NOTIFY_LIMIT};
 use super::{CHANNEL, Shared, backoff_sleep};
 use crate::pubsub::{Broadcast, Relay};
 
-/// How long a stored batch stays: far longer than any node takes to fetch it.
-const ROW_TTL_SECS: i64 = 300;
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long a batch stays in the log: far longer than a listener's reconnect (its backoff
+/// tops out at 5 s) or a PostgreSQL restart, and what bounds the log's size.
+pub(super) const LOG_TTL: Duration = Duration::from_secs(60);
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Logs a batch and notifies it in one statement (one round trip, one transaction). A copy
+/// sent again after a reconnect keeps its number: the log ignores it, receivers skip it.
+const LOG_AND_NOTIFY: &str = "WITH logged AS (INSERT INTO cluster_messages \
+    (origin, incarnation, batch, body) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING) \
+    SELECT pg_notify($5, $6)";
 /// Most broadcasts in one batch, so one notification round never grows unbounded.
 const MAX_BATCH: usize = 1024;
 
@@ -55,22 +65,40 @@ pub(super) struct RelayProcess {
     pub shared: Arc<Shared>,
 }
 
-/// The relay's connection and what it has yet to send.
+/// The relay's connection.
 struct Conn {
     client: Client,
     last_sent: Instant,
     last_sweep: Instant,
 }
 
+/// What the relay has yet to send, kept across reconnects.
+#[derive(Default)]
+struct Outbox {
+    /// Encoded broadcasts, in mailbox order.
+    elements: Vec<String>,
+    /// The batch being sent: its number is kept until the database took it.
+    sealed: Option<Sealed>,
+    /// The last batch number the database took (heartbeats carry it).
+    committed: u64,
+}
+
+/// A numbered batch of the first `count` elements.
+struct Sealed {
+    number: u64,
+    count: usize,
+    text: String,
+}
+
 impl RelayProcess {
     /// Bounded by the stop channel: every wait below is a timeout on it or on the mailbox.
     pub fn run(self) {
-        let mut unsent: Vec<String> = Vec::new();
+        let mut out = Outbox::default();
         let mut attempt = 0u32;
         loop {
             let Some(mut conn) = self.connect(&mut attempt) else { return };
-            match self.serve(&mut conn, &mut unsent) {
-                Ok(()) => return self.say_bye(&mut conn),
+            match self.serve(&mut conn, &mut out) {
+                Ok(()) => return self.say_bye(&mut conn, out.committed),
                 Err(e) => log::warn!("cluster-relay: database connection lost: {e}; reconnecting"),
             }
         }
@@ -100,18 +128,18 @@ impl RelayProcess {
         }
     }
 
-    /// Sends until stopped (`Ok`) or the connection fails (`Err`, `unsent` kept).
-    fn serve(&self, conn: &mut Conn, unsent: &mut Vec<String>) -> Result<(), postgres::Error> {
+    /// Sends until stopped (`Ok`) or the connection fails (`Err`, `out` kept).
+    fn serve(&self, conn: &mut Conn, out: &mut Outbox) -> Result<(), postgres::Error> {
         loop {
-            self.flush(conn, unsent)?;
+            self.flush(conn, out)?;
             let wait = self.shared.config.heartbeat.saturating_sub(conn.last_sent.elapsed());
             crossbeam_channel::select! {
-                recv(self.stop) -> _ => return self.drain(conn, unsent),
+                recv(self.stop) -> _ => return self.drain(conn, out),
                 recv(self.rx) -> first => match first {
-                    Ok(first) => self.collect(first, unsent),
+                    Ok(first) => self.collect(first, &mut out.elements),
                     Err(_) => return Ok(()),
                 },
-                default(wait) => self.notify(conn, Body::Heartbeat)?,
+                default(wait) => self.notify(conn, out.committed, Body::Heartbeat)?,
             }
             if conn.last_sweep.elapsed() >= SWEEP_EVERY {
                 sweep(conn)?;
@@ -120,69 +148,90 @@ impl RelayProcess {
     }
 
     /// On stop: what is queued still goes out (bounded by the mailbox's capacity).
-    fn drain(&self, conn: &mut Conn, unsent: &mut Vec<String>) -> Result<(), postgres::Error> {
-        unsent.extend(self.rx.try_iter().map(|b| wire::encode(&b)));
-        self.flush(conn, unsent)
+    fn drain(&self, conn: &mut Conn, out: &mut Outbox) -> Result<(), postgres::Error> {
+        out.elements.extend(self.rx.try_iter().map(|b| wire::encode(&b)));
+        self.flush(conn, out)
     }
 
     /// Takes what arrives within the batch window of `first`.
-    fn collect(&self, first: Arc<Broadcast>, unsent: &mut Vec<String>) {
-        unsent.push(wire::encode(&first));
+    fn collect(&self, first: Arc<Broadcast>, elements: &mut Vec<String>) {
+        elements.push(wire::encode(&first));
         let deadline = Instant::now() + self.shared.config.batch_window;
-        while unsent.len() < MAX_BATCH {
+        while elements.len() < MAX_BATCH {
             match self.rx.recv_deadline(deadline) {
-                Ok(b) => unsent.push(wire::encode(&b)),
+                Ok(b) => elements.push(wire::encode(&b)),
                 Err(_) => break,
             }
         }
     }
 
-    /// Sends `unsent` in notifications under NOTIFY's limit; what was sent leaves `unsent`
-    /// only once the database took it.
-    fn flush(&self, conn: &mut Conn, unsent: &mut Vec<String>) -> Result<(), postgres::Error> {
-        while !unsent.is_empty() {
-            let n = chunk_len(unsent, NOTIFY_LIMIT - self.shared.node.len() - 64);
-            let batch = wire::batch_text(&unsent[..n]);
-            if n == 1 && batch.len() > NOTIFY_LIMIT - self.shared.node.len() - 64 {
-                self.store_row(conn, &batch)?;
-            } else {
-                self.notify(conn, Body::Batch(&batch))?;
+    /// Sends the queued elements as numbered batches under NOTIFY's limit; a batch leaves the
+    /// outbox only once the database took it.
+    fn flush(&self, conn: &mut Conn, out: &mut Outbox) -> Result<(), postgres::Error> {
+        loop {
+            if out.sealed.is_none() && !out.elements.is_empty() {
+                out.sealed = Some(self.seal(&out.elements));
             }
-            self.shared.stats.relayed.fetch_add(n as u64, Ordering::Relaxed);
-            unsent.drain(..n);
+            let Some(sealed) = &out.sealed else { return Ok(()) };
+            self.send_batch(conn, sealed)?;
+            self.shared.stats.relayed.fetch_add(sealed.count as u64, Ordering::Relaxed);
+            out.committed = sealed.number;
+            out.elements.drain(..sealed.count);
+            out.sealed = None;
+        }
+    }
+
+    fn seal(&self, elements: &[String]) -> Sealed {
+        let count = chunk_len(elements, self.inline_limit());
+        let text = wire::batch_text(&elements[..count]);
+        Sealed { number: self.shared.next_batch(), count, text }
+    }
+
+    /// Room for a batch in one notification, after the envelope's header.
+    fn inline_limit(&self) -> usize {
+        NOTIFY_LIMIT - self.shared.node.len() - 64
+    }
+
+    /// Logs and notifies one batch; one too big for NOTIFY is only logged, and notified as
+    /// stored.
+    fn send_batch(&self, conn: &mut Conn, sealed: &Sealed) -> Result<(), postgres::Error> {
+        let inline = sealed.text.len() <= self.inline_limit();
+        let body = if inline { Body::Batch(&sealed.text) } else { Body::Stored };
+        let text = self.envelope(sealed.number, body);
+        let (node, number) = (&self.shared.node, sealed.number as i64);
+        let incarnation = self.shared.incarnation as i64;
+        let params: [&(dyn postgres::types::ToSql + Sync); 6] =
+            [node, &incarnation, &number, &sealed.text, &CHANNEL, &text];
+        conn.client.execute(LOG_AND_NOTIFY, &params)?;
+        conn.last_sent = Instant::now();
+        self.shared.stats.notifications.fetch_add(1, Ordering::Relaxed);
+        if !inline {
+            self.shared.stats.rows.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    fn notify(&self, conn: &mut Conn, body: Body<'_>) -> Result<(), postgres::Error> {
-        let text = self.envelope(body);
+    /// A notification without a batch (heartbeat, bye), carrying the last committed number.
+    fn notify(
+        &self,
+        conn: &mut Conn,
+        committed: u64,
+        body: Body<'_>,
+    ) -> Result<(), postgres::Error> {
+        let text = self.envelope(committed, body);
         conn.client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &text])?;
         conn.last_sent = Instant::now();
         self.shared.stats.notifications.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// A batch too big for NOTIFY: the row and the notification of its id commit together.
-    fn store_row(&self, conn: &mut Conn, batch: &str) -> Result<(), postgres::Error> {
-        let mut tx = conn.client.transaction()?;
-        let sql = "INSERT INTO cluster_messages (origin, body) VALUES ($1, $2) RETURNING id";
-        let id: i64 = tx.query_one(sql, &[&self.shared.node, &batch])?.get(0);
-        let text = self.envelope(Body::Row(id));
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &text])?;
-        tx.commit()?;
-        conn.last_sent = Instant::now();
-        self.shared.stats.rows.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn envelope(&self, body: Body<'_>) -> String {
-        let seq = self.shared.next_seq();
-        wire::envelope(&self.shared.node, self.shared.incarnation, seq, body)
+    fn envelope(&self, number: u64, body: Body<'_>) -> String {
+        wire::envelope(&self.shared.node, self.shared.incarnation, number, body)
     }
 
     /// An orderly shutdown: the others forget this node at once.
-    fn say_bye(&self, conn: &mut Conn) {
-        match self.notify(conn, Body::Bye) {
+    fn say_bye(&self, conn: &mut Conn, committed: u64) {
+        match self.notify(conn, committed, Body::Bye) {
             Ok(()) => log::info!("cluster: node {} left the cluster", self.shared.node),
             Err(e) => log::warn!("cluster-relay: could not announce the shutdown: {e}"),
         }
@@ -206,7 +255,7 @@ fn chunk_len(encoded: &[String], limit: usize) -> usize {
 
 fn sweep(conn: &mut Conn) -> Result<(), postgres::Error> {
     let sql = "DELETE FROM cluster_messages WHERE inserted_at < now() - make_interval(secs => $1)";
-    let deleted = conn.client.execute(sql, &[&(ROW_TTL_SECS as f64)])?;
+    let deleted = conn.client.execute(sql, &[&LOG_TTL.as_secs_f64()])?;
     if deleted > 0 {
         log::debug!("cluster-relay: deleted {deleted} expired message rows");
     }

@@ -1,9 +1,10 @@
 //! The cluster's wire format: what one NOTIFY on `phx_cluster` carries. Pure; unit-tested.
 //!
-//! A notification is one JSON `Envelope`: the origin node's name and incarnation, its sequence
-//! number (one per notification, so a receiver sees a gap as missed messages), and either a
-//! batch of broadcasts (`m`), the id of a `cluster_messages` row holding a batch too big for
-//! NOTIFY (`r`), nothing (a heartbeat), or `bye` (an orderly shutdown).
+//! A notification is one JSON `Envelope`: the origin node's name and incarnation, a batch
+//! number (`s`: the batch's own, or for a heartbeat and `bye` the last one committed; see
+//! `cursor.rs`), and either a batch of broadcasts (`m`), the flag that the batch was too big
+//! for NOTIFY and is only in the log (`st`), nothing (a heartbeat), or `bye` (an orderly
+//! shutdown).
 
 use std::sync::Arc;
 
@@ -23,16 +24,23 @@ pub struct Envelope {
     pub n: String,
     /// Origin incarnation (its start time, ms since the epoch): a restarted node is new.
     pub i: u64,
-    /// Sequence number of this notification from this incarnation.
+    /// The batch's number in this incarnation, or the last committed one (heartbeat, bye).
     pub s: u64,
     /// A batch, each element an encoded `WireMsg`.
     #[serde(default)]
     pub m: Vec<Box<serde_json::value::RawValue>>,
-    /// The row of `cluster_messages` holding the batch.
+    /// The batch `s` is only in the log (`cluster_messages`): too big for NOTIFY.
     #[serde(default)]
-    pub r: Option<i64>,
+    pub st: bool,
     #[serde(default)]
     pub bye: bool,
+}
+
+impl Envelope {
+    /// Carries a batch (inline or stored), numbered `s`.
+    pub fn is_batch(&self) -> bool {
+        self.st || !self.m.is_empty()
+    }
 }
 
 /// One broadcast: JSON payloads as they are, binary ones in hex.
@@ -50,8 +58,8 @@ struct WireMsg {
 pub enum Body<'a> {
     /// A batch (`batch_text`).
     Batch(&'a str),
-    /// The id of the `cluster_messages` row holding a batch.
-    Row(i64),
+    /// A batch only in the log (too big for NOTIFY).
+    Stored,
     Heartbeat,
     Bye,
 }
@@ -63,7 +71,7 @@ pub fn envelope(node: &str, incarnation: u64, seq: u64, body: Body<'_>) -> Strin
     let head = format!("{{\"n\":{name},\"i\":{incarnation},\"s\":{seq}");
     match body {
         Body::Batch(batch) => format!("{head},\"m\":{batch}}}"),
-        Body::Row(id) => format!("{head},\"r\":{id}}}"),
+        Body::Stored => format!("{head},\"st\":true}}"),
         Body::Heartbeat => format!("{head}}}"),
         Body::Bye => format!("{head},\"bye\":true}}"),
     }
@@ -153,11 +161,11 @@ mod tests {
         let back: Envelope = serde_json::from_str(&text).unwrap();
         assert_eq!((back.n.as_str(), back.i, back.s, back.m.len()), ("a\"b", 1, 2, 3));
         let bye: Envelope = serde_json::from_str(&envelope("a", 1, 3, Body::Bye)).unwrap();
-        assert!(bye.bye && bye.m.is_empty() && bye.r.is_none());
-        let row: Envelope = serde_json::from_str(&envelope("a", 1, 4, Body::Row(9))).unwrap();
-        assert_eq!(row.r, Some(9));
+        assert!(bye.bye && bye.m.is_empty() && !bye.st);
+        let stored: Envelope = serde_json::from_str(&envelope("a", 1, 4, Body::Stored)).unwrap();
+        assert!(stored.st && stored.is_batch() && stored.m.is_empty());
         let beat: Envelope = serde_json::from_str(&envelope("a", 1, 5, Body::Heartbeat)).unwrap();
-        assert!(!beat.bye && beat.m.is_empty() && beat.r.is_none());
+        assert!(!beat.bye && !beat.is_batch() && !beat.st);
     }
 
     #[test]
