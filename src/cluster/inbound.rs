@@ -126,6 +126,9 @@ impl InboundProcess {
             }
         };
         if env.n == self.shared.node {
+            if env.i != self.shared.incarnation {
+                self.shared.count_conflict(env.i);
+            }
             return Ok(());
         }
         self.note(&env);

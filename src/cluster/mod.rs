@@ -88,6 +88,8 @@ pub struct Stats {
     dropped: AtomicU64,
     /// Broadcasts received from other nodes.
     received: AtomicU64,
+    /// Notifications of another node that uses this node's name.
+    conflicts: AtomicU64,
     /// Batches of other nodes fetched from the log (missed notifications, big batches).
     fetched: AtomicU64,
     /// Batches of other nodes this node missed and could not fetch from the log (gone:
@@ -103,12 +105,28 @@ pub(crate) struct Shared {
     batches: AtomicU64,
     members: Mutex<Members>,
     stats: Stats,
+    /// When another node was last heard using this node's name (see `name_conflict`).
+    conflict: Mutex<Option<Instant>>,
 }
 
 impl Shared {
     /// The next batch number of this incarnation (1, 2, 3…).
     fn next_batch(&self) -> u64 {
         self.batches.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A notification with this node's name from another incarnation: a second node was
+    /// started with the same `--node-name`. Counted, and logged at 1, 2, 4, 8…
+    fn count_conflict(&self, incarnation: u64) {
+        *self.conflict.lock() = Some(Instant::now());
+        let n = self.stats.conflicts.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            log::error!(
+                "cluster: another node (incarnation {incarnation}) uses this node's name {:?}: \
+                 the two cannot hear each other; give each node its own --node-name ({n} so far)",
+                self.node
+            );
+        }
     }
 
     /// A full relay mailbox: counted, and logged at 1, 2, 4, 8… so a flood is seen without
@@ -139,6 +157,8 @@ pub struct Status {
     pub received: u64,
     pub fetched: u64,
     pub missed: u64,
+    /// Notifications heard from another node with this node's name (a misconfiguration).
+    pub name_conflicts: u64,
 }
 
 /// A read handle for `/cluster`.
@@ -160,7 +180,17 @@ impl ClusterView {
             received: get(&s.stats.received),
             fetched: get(&s.stats.fetched),
             missed: get(&s.stats.missed),
+            name_conflicts: get(&s.stats.conflicts),
         }
+    }
+
+    /// Another node uses this node's name and was heard within the node timeout: each
+    /// skips the other's broadcasts as its own, so their clients no longer hear each other.
+    /// `/healthz` answers 503 with this until it stops.
+    pub fn name_conflict(&self) -> Option<String> {
+        let last = (*self.0.conflict.lock())?;
+        let current = last.elapsed() <= self.0.config.node_timeout;
+        current.then(|| format!("another node also uses the node name {:?}", self.0.node))
     }
 }
 
@@ -189,6 +219,7 @@ impl Cluster {
             batches: AtomicU64::new(0),
             members: Mutex::default(),
             stats: Stats::default(),
+            conflict: Mutex::default(),
             config,
         });
         let (stop_tx, stop) = bounded::<()>(0);

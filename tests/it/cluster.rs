@@ -378,3 +378,23 @@ fn broadcasts_sent_while_a_listener_reconnects_are_fetched_from_the_log() {
         nodes[1..].iter().map(|n| cluster_view(n)["fetched"].as_u64().unwrap()).sum();
     assert!(fetched > 0, "the listeners caught up from the log");
 }
+
+#[test]
+fn two_nodes_with_one_name_are_reported_unhealthy_until_one_stops() {
+    let db = TestDb::new();
+    let first = start_node(&db.url, "twin");
+    let second = start_node(&db.url, "twin");
+    let health = |n: &Binary| n.request("GET", "/healthz", "");
+    for node in [&first, &second] {
+        assert!(eventually(EVENT_TIMEOUT, || health(node).status == 503));
+        let body = health(node).json();
+        assert!(body["cluster"].as_str().unwrap().contains("\"twin\""), "{body}");
+        assert!(cluster_view(node)["name_conflicts"].as_u64().unwrap() > 0);
+    }
+    second.stop();
+    assert!(
+        eventually(EVENT_TIMEOUT, || health(&first).status == 200),
+        "{}",
+        health(&first).text()
+    );
+}

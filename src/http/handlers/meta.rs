@@ -11,11 +11,14 @@ use crate::http::handlers::Ctx;
 /// external one by its operator). Without a database (`--no-database`) there is nothing to
 /// wait for: 200, `database` says `down`.
 pub fn healthz(_: &ApiRequest, ctx: &Ctx, _: &[String]) -> Result<ApiResponse, ApiError> {
-    let (status, body) = match &ctx.store {
+    let (mut status, mut body) = match &ctx.store {
         Some(store) if store.is_up() => (200, json!({ "status": "ok", "database": "up" })),
         Some(_) => (503, json!({ "status": "unavailable", "database": "down" })),
         None => (200, json!({ "status": "ok", "database": "down" })),
     };
+    if let Some(conflict) = ctx.cluster.as_ref().and_then(|c| c.name_conflict()) {
+        (status, body["status"], body["cluster"]) = (503, "unavailable".into(), conflict.into());
+    }
     Ok(ApiResponse::json(status, &body).with_header("Cache-Control", "no-store"))
 }
 
