@@ -1,7 +1,10 @@
 //! The chat example of the seeds: `room:*` topics, `room:private` refused, `new_msg` broadcast
 //! to every member (sender included) and acknowledged, `ping` echoed. Every member is tracked in
 //! presence under its connect param `user_id` (a generated id when absent) with
-//! `{"online_at": <unix seconds>}`, and gets `presence_state` after each join.
+//! `{"online_at": <unix seconds>}`, and gets `presence_state` after each join, unless its join
+//! params say `{"presence": false}`: a listener that does not appear in the room (a wall
+//! display, a bot, a broadcast audience of tens of thousands, where every joiner would
+//! otherwise receive the whole member list).
 
 use serde_json::{Value, json};
 
@@ -23,9 +26,12 @@ impl RoomChannel {
 }
 
 impl Channel for RoomChannel {
-    fn join(&mut self, topic: &str, _payload: Payload, ctx: &mut ChannelCtx) -> JoinResult {
+    fn join(&mut self, topic: &str, payload: Payload, ctx: &mut ChannelCtx) -> JoinResult {
         if topic == "room:private" {
             return Err(json!({"reason": "unauthorized"}).into());
+        }
+        if unseen(&payload) {
+            return Ok(Payload::empty());
         }
         let user_id = match ctx.assigns().get("user_id") {
             Some(Value::String(id)) => id.clone(),
@@ -42,6 +48,11 @@ impl Channel for RoomChannel {
             _ => HandleIn::error(json!({"reason": format!("unknown event {event:?}")})),
         }
     }
+}
+
+/// The join params ask not to be tracked: `{"presence": false}`.
+fn unseen(payload: &Payload) -> bool {
+    payload.as_json().and_then(|p| p.get("presence")) == Some(&Value::Bool(false))
 }
 
 fn new_msg(payload: Payload, ctx: &mut ChannelCtx) -> HandleIn {

@@ -389,3 +389,21 @@ fn shutdown_with_tracked_members_is_clean() {
     let report = server.shutdown();
     assert!(report.clean, "{report:?}");
 }
+
+#[test]
+fn a_room_member_joining_with_presence_false_listens_without_being_listed() {
+    let server = start(20);
+    let topic = unique_topic("room");
+    let mut alice = Member::join(&server, "alice", &topic);
+    alice.until_keys(&["alice"]);
+    let mut carol = Member::join_with(&server, "carol", &topic, json!({"presence": false}));
+    let mut bob = Member::join(&server, "bob", &topic);
+    bob.until_keys(&["alice", "bob"]);
+    // Every key alice's view ever held: carol never appears.
+    let frames = alice.until_keys(&["alice", "bob"]);
+    assert!(frames.iter().all(|f| !f.to_string().contains("carol")), "{frames:?}");
+    // Carol gets no member list of her own, only the room's diffs.
+    let first = carol.c.expect(|m| is_presence(m));
+    assert_eq!(first[3], "presence_diff", "{first}");
+    assert!(first[4]["joins"].get("bob").is_some(), "{first}");
+}
