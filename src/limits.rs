@@ -32,6 +32,9 @@ pub struct Refusals {
     pub rate_limited: AtomicU64,
     /// Connections closed (1008) for sending over their rate limit regardless.
     pub rate_limit_closes: AtomicU64,
+    /// Messages with a binary payload not sent to a client whose serializer or transport
+    /// cannot carry binary (V1 JSON, LongPoll). A reply gets an error reply instead.
+    pub binary_to_text: AtomicU64,
 }
 
 /// The process's refusal counters.
@@ -43,11 +46,12 @@ pub static REFUSALS: Refusals = Refusals {
     connect: AtomicU64::new(0),
     rate_limited: AtomicU64::new(0),
     rate_limit_closes: AtomicU64::new(0),
+    binary_to_text: AtomicU64::new(0),
 };
 
 impl Refusals {
     /// Every counter with the name it is exported under (`phx_limit_refusals_total{kind}`).
-    pub fn all(&self) -> [(&'static str, u64); 7] {
+    pub fn all(&self) -> [(&'static str, u64); 8] {
         let read = |c: &AtomicU64| c.load(Relaxed);
         [
             ("ws_per_address", read(&self.ws_per_address)),
@@ -57,6 +61,7 @@ impl Refusals {
             ("connect", read(&self.connect)),
             ("rate_limited", read(&self.rate_limited)),
             ("rate_limit_closes", read(&self.rate_limit_closes)),
+            ("binary_to_text", read(&self.binary_to_text)),
         ]
     }
 }
@@ -64,6 +69,18 @@ impl Refusals {
 /// Counts one refusal.
 pub fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
+}
+
+/// A binary message a client cannot be sent (`Refusals::binary_to_text`): counted, and logged
+/// at 1, 2, 4, 8… so a channel that keeps doing it is seen without flooding the log.
+pub fn refuse_binary(conn: u64, topic: &str) {
+    let n = REFUSALS.binary_to_text.fetch_add(1, Relaxed) + 1;
+    if n.is_power_of_two() {
+        log::warn!(
+            "conn {conn}: a binary message on {topic} was not sent: this client's serializer \
+             or transport carries only JSON text ({n} so far)"
+        );
+    }
 }
 
 /// Open connections per remote address, at most `max` each. Addresses in `exempt` (trusted

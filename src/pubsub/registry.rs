@@ -128,7 +128,7 @@ fn dispatch(
                 let frame = frames.get(conn.vsn());
                 deliveries += 1;
                 bytes += frame.as_ref().map_or(0, |f| f.len() as u64);
-                fastlane(&**conn, frame, spread)
+                fastlane(&**conn, frame, spread, &broadcast.topic)
             }
             Target::Channel { tx, fastlane, .. } => {
                 let msg = Inbound::Broadcast(broadcast.clone());
@@ -147,9 +147,15 @@ fn dispatch(
 
 /// The channel process is bypassed: that is the point of fastlane. A connection that cannot
 /// take the frame is cut by `ConnShared` (slow consumer), which its client sees.
-fn fastlane(conn: &dyn Connection, frame: Option<Arc<[u8]>>, spread: bool) -> Delivery {
-    if let Some(frame) = frame {
-        conn.send_frame(frame, !spread);
+fn fastlane(
+    conn: &dyn Connection,
+    frame: Option<Arc<[u8]>>,
+    spread: bool,
+    topic: &str,
+) -> Delivery {
+    match frame {
+        Some(frame) => conn.send_frame(frame, !spread),
+        None => conn.refused(topic),
     }
     Delivery::Done
 }

@@ -20,6 +20,9 @@ pub(crate) trait Connection: Send + Sync {
     fn send_frame(&self, frame: Arc<[u8]>, direct: bool);
     /// Closes the connection; its client sees why (`Eviction`).
     fn evict(&self, why: Eviction);
+    /// A broadcast on `topic` this client's serializer cannot carry (binary over V1) was not
+    /// sent: counted and logged, never silent.
+    fn refused(&self, topic: &str);
 }
 
 /// Why the registry closes a connection.

@@ -35,7 +35,7 @@ use socket2::SockRef;
 
 use super::writer::WriterSender;
 use crate::process;
-use crate::protocol::{Outgoing, Vsn};
+use crate::protocol::{OutKind, Outgoing, Payload, Vsn};
 use crate::pubsub::{Connection, Eviction};
 
 /// Most bytes the flusher gathers from `pending` into one `write` call.
@@ -529,21 +529,36 @@ impl ConnHandle {
         self.shared.send_direct(chunk)
     }
 
-    /// Encodes and sends a message. Messages this connection's serializer cannot carry
-    /// (binary payloads over V1) are dropped with a debug log, as they cannot be expressed.
+    /// Encodes and sends a message. One this connection's serializer cannot carry (a binary
+    /// payload over V1, which Phoenix's V1 serializer refuses too) is not sent: a reply is
+    /// answered with an error reply saying why, so the client's push does not wait for its
+    /// timeout; a push is counted and logged (`limits::refuse_binary`).
     pub fn send_message(&self, out: &Outgoing<'_>) -> bool {
         match self.vsn.encode(out) {
-            Some(encoded) => {
-                let frame = encoded.into_frame();
-                crate::metrics::frame_out(frame.len());
-                self.send(Chunk::Owned(frame))
-            }
+            Some(encoded) => self.send_encoded(encoded.into_frame()),
             None => {
-                log::debug!("conn {}: dropped binary message for a V1 client", self.shared.id);
-                false
+                crate::limits::refuse_binary(self.shared.id, out.topic);
+                match out.kind {
+                    OutKind::Reply { .. } => self.send_message(&binary_refused(out)),
+                    OutKind::Event { .. } => false,
+                }
             }
         }
     }
+
+    fn send_encoded(&self, frame: Vec<u8>) -> bool {
+        crate::metrics::frame_out(frame.len());
+        self.send(Chunk::Owned(frame))
+    }
+}
+
+/// The error reply that replaces a binary reply a JSON-only client cannot be sent.
+fn binary_refused<'a>(out: &Outgoing<'a>) -> Outgoing<'a> {
+    static REASON: std::sync::LazyLock<Payload> = std::sync::LazyLock::new(|| {
+        serde_json::json!({"reason": "binary reply cannot be sent to a JSON-only (vsn 1.0.0) client"})
+            .into()
+    });
+    Outgoing::reply(out.join_ref, out.ref_, out.topic, "error", &REASON)
 }
 
 /// The registry's fastlane writes through this (PubSub knows no sockets).
@@ -558,6 +573,10 @@ impl Connection for ConnHandle {
         } else {
             self.send(Chunk::Shared(frame));
         }
+    }
+
+    fn refused(&self, topic: &str) {
+        crate::limits::refuse_binary(self.shared.id, topic);
     }
 
     fn evict(&self, why: Eviction) {

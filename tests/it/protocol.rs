@@ -351,3 +351,55 @@ fn broadcasts_from_outside_any_channel_reach_members() {
         json!([null, null, topic, "announcement", {"text": "hi"}])
     );
 }
+
+/// `bin:*`: `bin` replies with a binary payload and broadcasts one (`blob`).
+struct BinaryChannel;
+
+impl phx_threads::channel::Channel for BinaryChannel {
+    fn join(
+        &mut self,
+        _topic: &str,
+        _payload: phx_threads::protocol::Payload,
+        _ctx: &mut phx_threads::channel::ChannelCtx,
+    ) -> phx_threads::channel::JoinResult {
+        Ok(phx_threads::protocol::Payload::empty())
+    }
+
+    fn handle_in(
+        &mut self,
+        _event: &str,
+        _payload: phx_threads::protocol::Payload,
+        ctx: &mut phx_threads::channel::ChannelCtx,
+    ) -> phx_threads::channel::HandleIn {
+        let blob = || phx_threads::protocol::Payload::Binary(vec![1, 2, 3]);
+        ctx.broadcast("blob", blob()).expect("broadcasts");
+        phx_threads::channel::HandleIn::ok(blob())
+    }
+}
+
+#[test]
+fn binary_messages_a_v1_client_cannot_carry_are_refused_visibly_not_dropped() {
+    use phx_threads::limits::REFUSALS;
+    use std::sync::atomic::Ordering::Relaxed;
+    let router = phx_threads::app::router(None).channel("bin:*", || BinaryChannel);
+    let server = TestServer::with(test_config(), router, server::accept_all());
+    let mut v1 = WsClient::connect(server.addr(), "vsn=1.0.0").expect("connects");
+    v1.send(json!({"topic": "bin:1", "event": "phx_join", "payload": {}, "ref": "1"}));
+    let joined = v1.expect(|m| m["ref"] == "1");
+    assert_eq!(joined["payload"]["status"], "ok", "{joined}");
+    let mut v2 = server.client();
+    let jr = v2.join_ok("bin:1");
+    // A V2 member makes the channel broadcast a binary blob: V2 gets it, V1 cannot.
+    v2.send(json!([jr, "2", "bin:1", "bin", {}]));
+    assert!(matches!(v2.recv(crate::support::WAIT), Event::Binary(_)));
+    // V1's own push: the binary reply becomes an error reply saying why.
+    v1.send(json!({"topic": "bin:1", "event": "bin", "payload": {}, "ref": "3"}));
+    let reply = v1.expect(|m| m["ref"] == "3");
+    assert_eq!(reply["payload"]["status"], "error", "{reply}");
+    let reason = reply["payload"]["response"]["reason"].as_str().unwrap();
+    assert!(reason.contains("binary"), "{reason}");
+    // Two broadcasts (dispatched by the registry, maybe after the reply) and one reply were
+    // refused, each counted.
+    let counted = || REFUSALS.binary_to_text.load(Relaxed);
+    assert!(crate::support::eventually(crate::support::WAIT, || counted() == 3), "{}", counted());
+}
