@@ -98,6 +98,10 @@ fn serve(args: Args) -> Result<(), String> {
         ..HttpConfig::default()
     };
     let cluster_node = start_cluster(&args, store.as_ref(), &ws.pubsub())?;
+    if let Some(node) = &cluster_node {
+        ws.route_longpoll(node.view(), args.cluster.node_timeout)
+            .map_err(|e| format!("cannot route LongPoll requests: {e}"))?;
+    }
     let deps = HttpDeps { store, cluster: cluster_node.as_ref().map(Cluster::view) };
     let http = http::start(http_config, deps)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
