@@ -14,15 +14,8 @@ ROOT=$PWD
 BIN=${PHX_THREADS_BIN:-$ROOT/target/release/phx-threads}
 deadline() { timeout --kill-after=10 "$@"; }
 
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  if [ "$(id -u)" = 0 ]; then
-    # nginx-light where Debian still has it (bookworm), else nginx.
-    apt_install() { deadline 300 apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1; }
-    apt_install nginx-light || apt_install nginx \
-      || { deadline 300 apt-get update >/dev/null && { apt_install nginx-light || apt_install nginx; }; }
-  else
-    echo "nginx-tls: nginx is missing and we are not root; skipped"; exit 0
-  fi
+if ! .ci/nginx-install.sh; then
+  echo "nginx-tls: nginx is missing and we are not root; skipped"; exit 0
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
