@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LongPoll, Presence, Socket } from "phoenix";
 
-import { startServer, waitFor } from "./server.mjs";
+import { listsExactly, member as memberOf, startServer, waitFor, waitForPeers } from "./server.mjs";
 
 const NGINX = ["/usr/sbin/nginx", "/usr/bin/nginx"].find(existsSync);
 if (!NGINX && process.env.CI) throw new Error("nginx is required in CI (.ci/run installs it)");
@@ -73,17 +73,7 @@ before(async () => {
       "--longpoll-secret", "interop-longpoll-cluster-secret-0123456789", "--longpoll-window-ms", "2000"];
     nodes.push(await startServer(args, { database: true }));
   }
-  for (const node of nodes) {
-    const cluster = node.api.replace("/api/superheroes", "/cluster");
-    await waitFor(`${cluster} to list the two other nodes`, (done) => {
-      const poll = async () => {
-        const view = await (await fetch(cluster)).json();
-        if (view.nodes.length === 2) done();
-        else setTimeout(poll, 50);
-      };
-      poll();
-    }, 10_000);
-  }
+  await waitForPeers(nodes);
   const port = await freePort();
   writeFileSync(join(work, "nginx.conf"), nginxConf(port, nodes.map((n) => n.wsAddr)));
   const check = spawnSync(NGINX, ["-t", "-c", join(work, "nginx.conf"), "-p", `${work}/`], { encoding: "utf8", timeout: 10_000 });
@@ -104,28 +94,7 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-function member(topic, userId) {
-  const socket = new Socket(`${base}/socket`, { transport: LongPoll, params: { user_id: userId } });
-  socket.connect();
-  const channel = socket.channel(topic, {});
-  const presence = new Presence(channel);
-  const syncs = [];
-  presence.onSync(() => syncs.forEach((check) => check()));
-  const messages = [];
-  channel.on("new_msg", (msg) => messages.push(msg.body));
-  const errors = [];
-  socket.onError((e) => errors.push(e));
-  return { socket, channel, presence, syncs, messages, errors, userId };
-}
-
-function listsExactly(m, expected) {
-  const want = JSON.stringify([...expected].sort());
-  return waitFor(`${m.userId} to list ${want}`, (done) => {
-    const check = () => JSON.stringify(m.presence.list((k) => k).sort()) === want && done();
-    m.syncs.push(check);
-    check();
-  }, 10_000);
-}
+const member = (topic, userId) => memberOf(Socket, Presence, `${base}/socket`, topic, userId, { transport: LongPoll });
 
 const heard = (m, bodies) => waitFor(`${m.userId} to hear ${bodies.length} messages`, (done) => {
   const poll = () => (bodies.every((b) => m.messages.includes(b)) ? done() : setTimeout(poll, 10));
