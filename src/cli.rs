@@ -51,11 +51,11 @@ OPTIONS (environment variable in brackets):
     --longpoll-window-ms N    a LongPoll poll answers 204 after N ms without messages; a
                               session not polled for 1.5 N ends
                               [PHX_LONGPOLL_WINDOW_MS, default 10000]
-    --longpoll-secret KEY     signs LongPoll session tokens (>= 32 bytes); every node of a
-                              cluster needs the same one, so a poll reaching any node
-                              finds its session [PHX_LONGPOLL_SECRET, default: derived
-                              from --secret-key-base, else random per process; --cluster
-                              refuses to start without either]
+    --longpoll-secret KEY     signs LongPoll session tokens (>= 32 bytes); the nodes of a
+                              cluster share one, so a poll reaching any node finds its
+                              session [PHX_LONGPOLL_SECRET, default: derived from
+                              --secret-key-base, else with --cluster a random key kept in
+                              the database, else random per process]
     --longpoll-route-timeout-ms N   a LongPoll request routed to the session's node may
                               take N ms beyond its window before it is answered 500
                               [PHX_LONGPOLL_ROUTE_TIMEOUT_MS, default 5000]
@@ -205,7 +205,7 @@ pub fn parse(
         let (heartbeat, timeout) = (args.cluster.heartbeat, args.cluster.node_timeout);
         args.ws.presence.replication = Some(ReplicationConfig { heartbeat, timeout });
     }
-    longpoll_keys(&mut args)?;
+    longpoll_keys(&mut args);
     Ok(args)
 }
 
@@ -354,21 +354,13 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// LongPoll tokens must verify on every node of a cluster, so a cluster without a shared key
-/// is refused at start: with per-process keys every poll a load balancer hands to another
-/// node would fail, and the operator would only find out from clients that keep reconnecting.
-fn longpoll_keys(args: &mut Args) -> Result<(), String> {
+/// The LongPoll key from the secrets given; a cluster without one takes the secret its
+/// database holds (`main.rs`), so that tokens verify on every node.
+fn longpoll_keys(args: &mut Args) {
     args.ws.longpoll_key = crate::auth::longpoll_key(args.longpoll_secret.as_deref(), &args.auth);
     if args.cluster.enabled {
         args.ws.node_name = args.cluster.node_name.clone();
-        if args.ws.longpoll_key.is_none() && args.command == Command::Serve {
-            return Err("--cluster needs a key shared by every node for LongPoll session \
-                        tokens: set --longpoll-secret (PHX_LONGPOLL_SECRET, >= 32 bytes) or \
-                        --secret-key-base to the same value on every node"
-                .to_string());
-        }
     }
-    Ok(())
 }
 
 /// The cluster's options (`ClusterConfig`); `--cluster` takes a value only from PHX_CLUSTER.
@@ -531,7 +523,7 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]
-    fn longpoll_keys_are_shared_by_a_cluster_or_refused() {
+    fn longpoll_keys_come_from_the_secrets_given() {
         let key = |argv: &[&str], env: &[(&str, &str)]| parse_with(argv, env).unwrap().ws;
         // The same secret gives every node the same key; a different one, another.
         let a = key(&["--longpoll-secret", SECRET], &[]).longpoll_key.unwrap();
@@ -546,8 +538,8 @@ mod tests {
         assert_eq!(format!("{a:?}"), "LongPollKey(<set>)");
         let short = parse_with(&["--longpoll-secret", "short"], &[]).unwrap_err();
         assert!(short.contains("at least 32 bytes"), "{short}");
-        let refused = parse_with(&["--cluster"], &[]).unwrap_err();
-        assert!(refused.contains("--longpoll-secret"), "{refused}");
+        // A cluster without a secret takes its database's (main.rs): none from the options.
+        assert!(key(&["--cluster"], &[]).longpoll_key.is_none());
         let ws = key(&["--cluster", "--node-name", "n7"], &[("PHX_LONGPOLL_SECRET", SECRET)]);
         assert_eq!((ws.node_name.as_str(), ws.longpoll_key.is_some()), ("n7", true));
         assert_eq!(

@@ -70,15 +70,20 @@ impl fmt::Debug for LongPollKey {
 pub const MIN_LONGPOLL_SECRET: usize = 32;
 
 /// The LongPoll key: from `--longpoll-secret` if set, else from `--secret-key-base`; `None`
-/// when neither is configured (a single node then signs with a random key of its own).
-/// Derived as HMAC(secret, label) rather than used as is, so that a token of one kind can
-/// never pass for another (a LongPoll signature is no Phoenix.Token signature).
+/// when neither is configured (then a cluster's nodes take the secret their database holds,
+/// `longpoll_key_from_shared`, and a single node draws a random key of its own).
 pub fn longpoll_key(longpoll_secret: Option<&str>, config: &AuthConfig) -> Option<LongPollKey> {
     let secret = longpoll_secret.or(config.secret_key_base.as_deref())?;
-    let mut mac =
-        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    Some(longpoll_key_from_shared(secret.as_bytes()))
+}
+
+/// The LongPoll key derived from any shared secret, as HMAC(secret, label) rather than the
+/// secret itself, so that a token of one kind can never pass for another (a LongPoll
+/// signature is no Phoenix.Token signature).
+pub fn longpoll_key_from_shared(secret: &[u8]) -> LongPollKey {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
     mac.update(b"phx-threads longpoll session token v1");
-    Some(LongPollKey(mac.finalize().into_bytes().into()))
+    LongPollKey(mac.finalize().into_bytes().into())
 }
 
 /// Why a token was refused; the text is what the client and the log see.

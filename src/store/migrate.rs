@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         file: "002_cluster_messages.sql",
         sql: include_str!("../../sql/002_cluster_messages.sql"),
     },
+    Migration {
+        version: 3,
+        file: "003_cluster_secrets.sql",
+        sql: include_str!("../../sql/003_cluster_secrets.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock ("phx_migr" in ASCII).

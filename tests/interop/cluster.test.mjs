@@ -21,7 +21,7 @@ before(async () => {
   // adopts the running one.
   const db = process.env.DATABASE_URL ? ["--database-url", process.env.DATABASE_URL] : ["--data-dir", dataDir];
   for (const name of ["left", "right"]) {
-    const args = ["--ws-addr", "127.0.0.1:0", ...db, "--cluster", "--node-name", name, "--cluster-heartbeat-ms", "300", "--cluster-node-timeout-ms", "450", "--longpoll-secret", "interop-longpoll-secret-0123456789abcdef"];
+    const args = ["--ws-addr", "127.0.0.1:0", ...db, "--cluster", "--node-name", name, "--cluster-heartbeat-ms", "300", "--cluster-node-timeout-ms", "450"];
     nodes.push(await startServer(args, { database: true }));
   }
   // Both nodes hear each other before the clients join.

@@ -1,7 +1,8 @@
 // Issue #13 item 4: the official phoenix client over LongPoll through a real nginx that
 // round-robins every request over three phx-threads nodes (no sticky sessions). Two clients
 // join the same room, push, hear each other's broadcasts once each and see each other in
-// Presence, while nginx's access log shows their requests spread over all three nodes.
+// Presence, while nginx's access log shows their requests spread over all three nodes. No
+// secret is configured: the nodes share the LongPoll key their database holds.
 // nginx is required in CI (.ci/run installs it first); without CI a missing nginx skips.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -70,7 +71,7 @@ before(async () => {
   for (const name of ["lp1", "lp2", "lp3"]) {
     const args = ["--ws-addr", "127.0.0.1:0", ...db, "--cluster", "--node-name", name,
       "--cluster-heartbeat-ms", "300", "--cluster-node-timeout-ms", "450",
-      "--longpoll-secret", "interop-longpoll-cluster-secret-0123456789", "--longpoll-window-ms", "2000"];
+      "--longpoll-window-ms", "2000"];
     nodes.push(await startServer(args, { database: true }));
   }
   await waitForPeers(nodes);

@@ -21,8 +21,6 @@ use std::sync::Arc;
 
 pub(crate) const HEARTBEAT_MS: u64 = 500;
 pub(crate) const NODE_TIMEOUT_MS: u64 = 750;
-/// Shared by the nodes: LongPoll tokens verify on every node (`--cluster` requires one).
-pub(crate) const LONGPOLL_SECRET: &str = "test-longpoll-secret-0123456789abcdef";
 
 pub(crate) fn start_node(url: &str, name: &str) -> Binary {
     start_node_with(url, name, &[])
@@ -41,8 +39,6 @@ pub(crate) fn start_node_with(url: &str, name: &str, extra: &[&str]) -> Binary {
         &heartbeat,
         "--cluster-node-timeout-ms",
         &timeout,
-        "--longpoll-secret",
-        LONGPOLL_SECRET,
     ];
     Binary::start_with(&[&args[..], extra].concat(), false)
 }

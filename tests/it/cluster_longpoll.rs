@@ -18,9 +18,16 @@ use crate::support::ws::WsClient;
 use crate::support::{WAIT, unique_topic};
 
 const WINDOW_MS: &str = "1000";
+/// Given to the nodes of one test; the others share the key their database holds.
+const SECRET: &str = "test-longpoll-secret-0123456789abcdef";
 
+/// Three nodes with no secret configured: their LongPoll key comes from the database.
 fn nodes(db: &TestDb) -> Vec<Binary> {
-    let extra = ["--longpoll-window-ms", WINDOW_MS];
+    nodes_with(db, &[])
+}
+
+fn nodes_with(db: &TestDb, extra: &[&str]) -> Vec<Binary> {
+    let extra = [&["--longpoll-window-ms", WINDOW_MS], extra].concat();
     let nodes: Vec<Binary> =
         ["n1", "n2", "n3"].iter().map(|n| start_node_with(&db.url, n, &extra)).collect();
     all_see_each_other(&nodes);
@@ -185,7 +192,8 @@ fn a_session_whose_node_is_killed_answers_410_through_the_others() {
 #[test]
 fn forged_foreign_and_misplaced_tokens_are_refused_on_every_node() {
     let db = TestDb::new();
-    let nodes = nodes(&db);
+    // With a configured secret this time (the other tests: the database's).
+    let nodes = nodes_with(&db, &["--longpoll-secret", SECRET]);
     let mut lp = Client::open(nodes[0].ws);
     let beat = json!([null, "b", "phoenix", "heartbeat", {}]);
     assert_eq!(lp.post(nodes[1].ws, std::slice::from_ref(&beat)), json!({"status": 200}));
