@@ -155,13 +155,21 @@ fn an_answer_lost_on_the_way_is_repeated_and_never_lost() {
         (0..3).map(|i| json!([null, format!("h{i}"), "phoenix", "heartbeat", {}])).collect();
     assert_eq!(lp.post(other, &beats), json!({"status": 200}));
     let before = lp.token.clone();
+    let started = Instant::now();
     let first = lp.collect(&[other], 3);
+    eprintln!("a routed poll with messages waiting answered in {:?}", started.elapsed());
     // The client never saw that answer (it keeps its old token): the same messages again.
     let lost = || Client { token: before.clone(), from: None };
     assert_eq!(lost().collect(&[other], 3), first, "repeated through another node");
     assert_eq!(lost().collect(&[home], 3), first, "and through the session's own");
     // With the token of the answer it did see, they are gone: nothing twice.
     assert_eq!(lp.poll(other)["status"], 204);
+    // A POST's bounds hold on the node that receives it, before anything is routed.
+    let too_many: Vec<Value> =
+        (0..101).map(|i| json!([null, i.to_string(), "phoenix", "heartbeat", {}])).collect();
+    let refused = lp.post(other, &too_many);
+    assert_eq!(refused, json!({"status": 400, "reason": "more than 100 messages"}));
+    assert_eq!(lp.poll(other)["status"], 204, "and the session got none of them");
 }
 
 #[test]
