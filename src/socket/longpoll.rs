@@ -633,7 +633,8 @@ mod tests {
         assert_eq!(sessions.verify(&text, "127.0.0.2".parse().unwrap()), None);
         // Any changed part breaks the signature: id, ack, node.
         let (id, rest) = text.split_once('.').unwrap();
-        let other_id = format!("{}8{}", &id[..31], rest);
+        let other_id = format!("{}8.{rest}", &id[..31]);
+        assert!(id.ends_with('7') && sessions.verify(&format!("{id}.{rest}"), ip).is_some());
         assert_eq!(sessions.verify(&other_id, ip), None);
         assert_eq!(sessions.verify(&text.replacen(".42.", ".43.", 1), ip), None);
         let elsewhere = sessions.token(&Token { node: "n3".into(), ..token.clone() }, ip);
