@@ -201,7 +201,8 @@ fn serve(endpoint: &Weak<Endpoint>, requests: &Subscription) {
 /// One routed request: 410 at once when the session is not here, else a thread that serves it.
 fn handle(endpoint: &Arc<Endpoint>, request: &Value) {
     let Some(reply) = request["reply"].as_str().filter(|r| r.starts_with("phx:lp:reply:")) else {
-        log::warn!("LongPoll router: a request without a reply topic, ignored: {request}");
+        // Only our nodes publish here; its content (client messages) stays out of the log.
+        log::warn!("LongPoll router: a request without a reply topic, ignored");
         return;
     };
     let id: Option<SessionId> =
@@ -210,26 +211,32 @@ fn handle(endpoint: &Arc<Endpoint>, request: &Value) {
         return answer(&endpoint.pubsub, reply, json!({"status": 410}));
     };
     let route = endpoint.longpoll.route.get().expect("set before the router starts");
-    if route.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-        route.in_flight.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = InFlight::take(&route.in_flight) else {
         let busy = json!({"status": 500, "reason": "node has too many routed LongPoll requests"});
         return answer(&endpoint.pubsub, reply, busy);
-    }
+    };
     let (endpoint2, request, reply2) = (endpoint.clone(), request.clone(), reply.to_string());
     let run = move || {
-        let route = endpoint2.longpoll.route.get().expect("set before the router starts");
-        let _done = InFlight(route.in_flight.clone());
+        let _slot = slot;
         answer(&endpoint2.pubsub, &reply2, serve_request(&endpoint2, &lp, &request));
     };
+    // A thread that could not start drops `run`, and with it the slot.
     let stack = endpoint.config.socket_stack_bytes;
     if let Err(e) = crate::process::spawn("lp-routed".into(), stack, run) {
-        route.in_flight.fetch_sub(1, Ordering::AcqRel);
         answer(&endpoint.pubsub, reply, json!({"status": 500, "reason": e.to_string()}));
     }
 }
 
-/// Releases its slot in `MAX_IN_FLIGHT` however the request thread ends.
+/// One of the `MAX_IN_FLIGHT` routed requests a node serves at once, released however the
+/// request's thread ends.
 struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn take(count: &Arc<AtomicUsize>) -> Option<InFlight> {
+        let slot = InFlight(count.clone());
+        (count.fetch_add(1, Ordering::AcqRel) < MAX_IN_FLIGHT).then_some(slot)
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -260,5 +267,34 @@ fn serve_request(endpoint: &Endpoint, lp: &super::longpoll::LongPoll, request: &
 fn answer(pubsub: &PubSub, reply: &str, body: Value) {
     if let Err(e) = pubsub.broadcast(reply, "reply", Payload::Json(body)) {
         log::warn!("LongPoll router: answer not sent ({e}); its sender answers 500");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routed_requests_are_capped_and_every_slot_comes_back() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<InFlight> =
+            (0..MAX_IN_FLIGHT).map_while(|_| InFlight::take(&count)).collect();
+        assert_eq!(slots.len(), MAX_IN_FLIGHT);
+        assert!(InFlight::take(&count).is_none(), "one more is refused");
+        drop(slots);
+        assert_eq!(count.load(Ordering::Acquire), 0);
+        assert!(InFlight::take(&count).is_some());
+    }
+
+    #[test]
+    fn a_routed_answer_is_read_as_a_local_poll_would_answer() {
+        let answer = json!({"status": 200, "messages": ["[1]", "[2]"], "ack": 9});
+        assert_eq!(polled(&answer), Polled::Messages(vec!["[1]".into(), "[2]".into()], 9));
+        let empty = json!({"status": 204, "messages": [], "ack": 9});
+        assert_eq!(polled(&empty), Polled::Messages(vec![], 9));
+        assert_eq!(polled(&json!({"status": 410})), Polled::Gone);
+        let busy = json!({"status": 500, "reason": "busy"});
+        assert!(matches!(polled(&busy), Polled::Unreachable(_)));
+        assert!(matches!(polled(&json!({"status": 200})), Polled::Unreachable(_)), "no ack");
     }
 }
