@@ -80,7 +80,7 @@ pub(crate) fn start(
 /// A poll whose session lives on `token.node`.
 pub(super) fn poll(endpoint: &Endpoint, token: &Token) -> Polled {
     let request = json!({"op": "poll", "id": hex(&token.id), "ack": token.ack});
-    match call(endpoint, &token.node, request, endpoint.config.longpoll_window) {
+    match counted("poll", call(endpoint, &token.node, request, endpoint.config.longpoll_window)) {
         Err(Failure::Gone) => Polled::Gone,
         Err(Failure::Unreachable(why)) => Polled::Unreachable(why),
         Ok(answer) => polled(&answer),
@@ -90,11 +90,22 @@ pub(super) fn poll(endpoint: &Endpoint, token: &Token) -> Polled {
 /// A POST whose session lives on `token.node`; the answer is the POST's body.
 pub(super) fn send(endpoint: &Endpoint, token: &Token, lines: Vec<String>) -> Value {
     let request = json!({"op": "send", "id": hex(&token.id), "lines": lines});
-    match call(endpoint, &token.node, request, endpoint.config.longpoll_window) {
+    match counted("send", call(endpoint, &token.node, request, endpoint.config.longpoll_window)) {
         Err(Failure::Gone) => json!({"status": 410}),
         Err(Failure::Unreachable(why)) => json!({"status": 500, "reason": why}),
         Ok(answer) => json!({"status": answer["status"]}),
     }
+}
+
+/// Counts a routed request's outcome (`phx_longpoll_routed_total`).
+fn counted(op: &'static str, result: Result<Value, Failure>) -> Result<Value, Failure> {
+    let outcome = match &result {
+        Ok(_) => "answered",
+        Err(Failure::Gone) => "gone",
+        Err(Failure::Unreachable(_)) => "unreachable",
+    };
+    crate::metrics::longpoll_routed(op, outcome);
+    result
 }
 
 /// A routed poll's answer: `{"status":200|204,"messages":[..],"ack":n}` or `{"status":410}`.

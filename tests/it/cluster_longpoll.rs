@@ -195,6 +195,16 @@ fn a_session_whose_node_is_killed_answers_410_through_the_others() {
         let beat = json!([null, "1", "phoenix", "heartbeat", {}]);
         assert_eq!(lp.post(node.ws, &[beat]), json!({"status": 410}));
     }
+    // The operator sees it: the survivor counted the routed poll answered, then the 410s.
+    let metrics = nodes[0].request("GET", "/metrics", "").text();
+    let count = |labels: &str| -> u64 {
+        let line = format!("phx_longpoll_routed_total{{{labels}}} ");
+        let found = metrics.lines().find_map(|l| l.strip_prefix(line.as_str()));
+        found.map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(count(r#"op="poll",outcome="answered""#), 1, "{metrics}");
+    assert!(count(r#"op="poll",outcome="gone""#) >= 2, "{metrics}");
+    assert_eq!(count(r#"op="send",outcome="gone""#), 1, "{metrics}");
 }
 
 #[test]
