@@ -2,8 +2,9 @@
 //! `--cluster` on one throwaway PostgreSQL; a session opened on one node is polled and fed
 //! through the others, as a round-robin load balancer would hand its requests around. Replies
 //! and broadcasts arrive in order and exactly once, an answer lost on the way is repeated (not
-//! lost), a SIGKILLed session node gives 410 within the node timeout, and tokens that are
-//! forged, signed elsewhere or used from another address are refused on every node.
+//! lost), a SIGKILLed session node gives 410 within the node timeout, a frozen one (SIGSTOP)
+//! 500 after the route timeout with nothing lost, and tokens that are forged, signed
+//! elsewhere or used from another address are refused on every node.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -205,6 +206,39 @@ fn a_session_whose_node_is_killed_answers_410_through_the_others() {
     assert_eq!(count(r#"op="poll",outcome="answered""#), 1, "{metrics}");
     assert!(count(r#"op="poll",outcome="gone""#) >= 2, "{metrics}");
     assert_eq!(count(r#"op="send",outcome="gone""#), 1, "{metrics}");
+}
+
+/// Continues a node frozen with SIGSTOP, whatever happens to the test meanwhile.
+struct Frozen<'a>(&'a Binary);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.signal("CONT");
+    }
+}
+
+#[test]
+fn a_session_node_that_does_not_answer_in_time_gives_500_and_loses_nothing() {
+    let db = TestDb::new();
+    let home = start_node_with(&db.url, "n1", &["--longpoll-window-ms", WINDOW_MS]);
+    // Its own bound (window + route timeout, 200 ms) ends well before the node timeout
+    // (750 ms): the session's node still counts as live, it just does not answer.
+    let quick = ["--longpoll-window-ms", "100", "--longpoll-route-timeout-ms", "100"];
+    let impatient = start_node_with(&db.url, "n2", &quick);
+    let nodes = [home, impatient];
+    all_see_each_other(&nodes);
+    let mut lp = Client::open(nodes[0].ws);
+    let beat = json!([null, "h", "phoenix", "heartbeat", {}]);
+    assert_eq!(lp.post(nodes[0].ws, &[beat]), json!({"status": 200}));
+    let frozen = Frozen(&nodes[0]);
+    frozen.0.signal("STOP");
+    let (http, answer) = request(nodes[1].ws, None, "GET", &target(&lp.token), "");
+    drop(frozen);
+    let expected = json!({"status": 500, "reason": "the session's node did not answer in time"});
+    assert_eq!((http, answer), (503, expected), "phoenix.js reconnects on 500");
+    // Nothing was taken from the session: the reply is still there for a poll that arrives.
+    let got = lp.collect(&[nodes[0].ws], 1);
+    assert_eq!(got[0][1], "h");
 }
 
 #[test]
