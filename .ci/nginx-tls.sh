@@ -14,29 +14,29 @@ ROOT=$PWD
 BIN=${PHX_THREADS_BIN:-$ROOT/target/release/phx-threads}
 deadline() { timeout --kill-after=10 "$@"; }
 
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  if [ "$(id -u)" = 0 ]; then
-    # nginx-light where Debian still has it (bookworm), else nginx.
-    apt_install() { deadline 300 apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1; }
-    apt_install nginx-light || apt_install nginx \
-      || { deadline 300 apt-get update >/dev/null && { apt_install nginx-light || apt_install nginx; }; }
-  else
-    echo "nginx-tls: nginx is missing and we are not root; skipped"; exit 0
-  fi
+if ! .ci/nginx-install.sh; then
+  echo "nginx-tls: nginx is missing and we are not root; skipped"; exit 0
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if command -v systemd-analyze >/dev/null 2>&1; then
-  echo "== systemd-analyze verify deploy/phx-threads.service"
-  # verify needs the ExecStart binary at its path; check a copy pointing at ours.
-  unit_dir=$(mktemp -d)
-  sed "s|/usr/local/bin/phx-threads|$BIN|" deploy/phx-threads.service > "$unit_dir/phx-threads.service"
-  out=$(deadline 60 systemd-analyze verify "$unit_dir/phx-threads.service" 2>&1 || true)
-  rm -rf "$unit_dir"
-  # Only lines about our unit count (verify also lints unrelated units of the host).
-  if echo "$out" | grep 'phx-threads.service' | grep -v -i 'user.*phx-threads\|group.*phx-threads'; then
-    echo "systemd-analyze verify found problems in deploy/phx-threads.service"; exit 1
-  fi
+  # verify needs the ExecStart binary at its path; check copies pointing at ours. The
+  # cluster's template unit is verified as its instance @1.
+  for unit in phx-threads.service phx-threads@.service; do
+    echo "== systemd-analyze verify deploy/$unit"
+    unit_dir=$(mktemp -d)
+    sed "s|/usr/local/bin/phx-threads|$BIN|" "deploy/$unit" > "$unit_dir/$unit"
+    target=$unit_dir/$unit
+    if [ "$unit" = phx-threads@.service ]; then
+      ln -s "$unit" "$unit_dir/phx-threads@1.service"; target=$unit_dir/phx-threads@1.service
+    fi
+    out=$(deadline 60 systemd-analyze verify "$target" 2>&1 || true)
+    rm -rf "$unit_dir"
+    # Only lines about our unit count (verify also lints unrelated units of the host).
+    if echo "$out" | grep 'phx-threads' | grep -v -i 'user.*phx-threads\|group.*phx-threads'; then
+      echo "systemd-analyze verify found problems in deploy/$unit"; exit 1
+    fi
+  done
 else
   echo "== systemd-analyze not present: unit not verified"
 fi
@@ -80,6 +80,19 @@ http {
 }
 CONF
 deadline 10 "$NGINX" -t -c "$WORK/nginx.conf" -p "$WORK/" 2>&1 || { echo "nginx -t failed"; exit 1; }
+
+echo "== nginx -t of deploy/nginx/phx-threads-cluster.conf (the three-node site)"
+mkdir -p "$WORK/cluster"
+sed -e "s|listen 443 ssl http2;|listen 127.0.0.1:$TLS_PORT ssl http2;|; /listen \[::\]:443/d" \
+    -e "s|listen 80;|listen 127.0.0.1:$PLAIN_PORT;|; /listen \[::\]:80/d" \
+    -e "s|/etc/letsencrypt/live/example.com/fullchain.pem|$WORK/cert.pem|" \
+    -e "s|/etc/letsencrypt/live/example.com/privkey.pem|$WORK/key.pem|" \
+    -e "s|/var/log/nginx/phx-threads.access.log|$WORK/cluster/access.log|" \
+    deploy/nginx/phx-threads-cluster.conf > "$WORK/cluster/site.conf"
+sed -e "s|$WORK/site.conf|$WORK/cluster/site.conf|; s|$WORK/nginx.pid|$WORK/cluster/nginx.pid|" \
+    "$WORK/nginx.conf" > "$WORK/cluster/nginx.conf"
+deadline 10 "$NGINX" -t -c "$WORK/cluster/nginx.conf" -p "$WORK/" 2>&1 \
+  || { echo "nginx -t failed for the cluster site"; exit 1; }
 
 echo "== phx-threads behind nginx"
 "$BIN" serve --ws-addr "127.0.0.1:$WS_PORT" --http-addr "127.0.0.1:$HTTP_PORT" \

@@ -51,6 +51,14 @@ OPTIONS (environment variable in brackets):
     --longpoll-window-ms N    a LongPoll poll answers 204 after N ms without messages; a
                               session not polled for 1.5 N ends
                               [PHX_LONGPOLL_WINDOW_MS, default 10000]
+    --longpoll-secret KEY     signs LongPoll session tokens (>= 32 bytes); the nodes of a
+                              cluster share one, so a poll reaching any node finds its
+                              session [PHX_LONGPOLL_SECRET, default: derived from
+                              --secret-key-base, else with --cluster a random key kept in
+                              the database, else random per process]
+    --longpoll-route-timeout-ms N   a LongPoll request routed to the session's node may
+                              take N ms beyond its window before it is answered 500
+                              [PHX_LONGPOLL_ROUTE_TIMEOUT_MS, default 5000]
     --check-origin LIST       origins allowed besides the request's own host (compared by
                               hostname): example.com, //*.example.com, https://x.com:8443;
                               `any` turns the check off [PHX_CHECK_ORIGIN, default: none]
@@ -149,6 +157,8 @@ pub struct Args {
     pub cors_origins: Vec<String>,
     /// Token secrets for the connect callback (`auth::AuthConfig`).
     pub auth: crate::auth::AuthConfig,
+    /// `--longpoll-secret`; turned into `ws.longpoll_key` once every option is read.
+    pub longpoll_secret: Option<String>,
 }
 
 /// Parses `argv[1..]` with `env` as the fallback for every option.
@@ -195,6 +205,7 @@ pub fn parse(
         let (heartbeat, timeout) = (args.cluster.heartbeat, args.cluster.node_timeout);
         args.ws.presence.replication = Some(ReplicationConfig { heartbeat, timeout });
     }
+    longpoll_keys(&mut args);
     Ok(args)
 }
 
@@ -221,6 +232,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         rest_write_burst: HttpConfig::default().write_burst,
         cors_origins: Vec::new(),
         auth: crate::auth::AuthConfig::default(),
+        longpoll_secret: None,
     };
     for (var, flag) in [
         ("PHX_WS_ADDR", "--ws-addr"),
@@ -240,6 +252,8 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_MAX_RATE_REFUSALS", "--max-rate-refusals"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
         ("PHX_LONGPOLL_WINDOW_MS", "--longpoll-window-ms"),
+        ("PHX_LONGPOLL_SECRET", "--longpoll-secret"),
+        ("PHX_LONGPOLL_ROUTE_TIMEOUT_MS", "--longpoll-route-timeout-ms"),
         ("PHX_CHECK_ORIGIN", "--check-origin"),
         ("PHX_HTTP_MAX_CONNECTIONS", "--http-max-connections"),
         ("PHX_HTTP_HEAD_TIMEOUT_MS", "--http-head-timeout-ms"),
@@ -314,6 +328,11 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--token-salt" => args.auth.token_salt = value.to_string(),
         "--token-max-age-s" => args.auth.token_max_age = Duration::from_secs(number()? as u64),
         "--jwt-secret" => args.auth.jwt_secret = Some(value.to_string()),
+        "--longpoll-secret" if value.len() < crate::auth::MIN_LONGPOLL_SECRET => {
+            return Err(format!("{flag}: at least {} bytes", crate::auth::MIN_LONGPOLL_SECRET));
+        }
+        "--longpoll-secret" => args.longpoll_secret = Some(value.to_string()),
+        "--longpoll-route-timeout-ms" => args.ws.longpoll_route_timeout = millis(number()?),
         "--http-max-connections" => args.http_max_connections = number()?,
         "--http-head-timeout-ms" => args.http_head_timeout = millis(number()?),
         "--http-body-timeout-ms" => args.http_body_timeout = millis(number()?),
@@ -333,6 +352,15 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         _ => return Err(format!("unknown option {flag} (see --help)")),
     }
     Ok(())
+}
+
+/// The LongPoll key from the secrets given; a cluster without one takes the secret its
+/// database holds (`main.rs`), so that tokens verify on every node.
+fn longpoll_keys(args: &mut Args) {
+    args.ws.longpoll_key = crate::auth::longpoll_key(args.longpoll_secret.as_deref(), &args.auth);
+    if args.cluster.enabled {
+        args.ws.node_name = args.cluster.node_name.clone();
+    }
 }
 
 /// The cluster's options (`ClusterConfig`); `--cluster` takes a value only from PHX_CLUSTER.
@@ -470,7 +498,11 @@ mod tests {
     fn cluster_options() {
         let args = parse_with(
             &["--cluster", "--node-name", "n1", "--cluster-heartbeat-ms", "200"],
-            &[("PHX_CLUSTER_NODE_TIMEOUT_MS", "500"), ("PHX_CLUSTER_BATCH_MS", "2")],
+            &[
+                ("PHX_CLUSTER_NODE_TIMEOUT_MS", "500"),
+                ("PHX_CLUSTER_BATCH_MS", "2"),
+                ("PHX_LONGPOLL_SECRET", SECRET),
+            ],
         )
         .unwrap();
         assert!(args.cluster.enabled);
@@ -478,13 +510,42 @@ mod tests {
         assert_eq!(args.cluster.heartbeat, Duration::from_millis(200));
         assert_eq!(args.cluster.node_timeout, Duration::from_millis(500));
         assert_eq!(args.cluster.batch_window, Duration::from_millis(2));
-        assert!(parse_with(&[], &[("PHX_CLUSTER", "1")]).unwrap().cluster.enabled);
+        let env = [("PHX_CLUSTER", "1"), ("PHX_SECRET_KEY_BASE", SECRET)];
+        assert!(parse_with(&[], &env).unwrap().cluster.enabled);
         assert!(!parse_with(&[], &[]).unwrap().cluster.enabled);
         assert!(parse_with(&[], &[("PHX_CLUSTER", "maybe")]).unwrap_err().contains("1 or 0"));
         assert!(
             parse_with(&["--cluster-heartbeat-ms", "5000"], &[]).unwrap_err().contains("exceed")
         );
         assert!(parse_with(&["--cluster-mailbox", "0"], &[]).unwrap_err().contains("positive"));
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn longpoll_keys_come_from_the_secrets_given() {
+        let key = |argv: &[&str], env: &[(&str, &str)]| parse_with(argv, env).unwrap().ws;
+        // The same secret gives every node the same key; a different one, another.
+        let a = key(&["--longpoll-secret", SECRET], &[]).longpoll_key.unwrap();
+        assert_eq!(Some(&a), key(&[], &[("PHX_LONGPOLL_SECRET", SECRET)]).longpoll_key.as_ref());
+        let other = "x".repeat(40);
+        assert_ne!(Some(a.clone()), key(&["--longpoll-secret", &other], &[]).longpoll_key);
+        // Derived from the Phoenix.Token secret, never equal to it.
+        let from_base = key(&["--secret-key-base", SECRET], &[]).longpoll_key.unwrap();
+        assert_ne!(&from_base.0[..], SECRET.as_bytes());
+        assert_eq!(from_base, a, "one secret, through either flag, is one key");
+        assert!(key(&[], &[]).longpoll_key.is_none());
+        assert_eq!(format!("{a:?}"), "LongPollKey(<set>)");
+        let short = parse_with(&["--longpoll-secret", "short"], &[]).unwrap_err();
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        // A cluster without a secret takes its database's (main.rs): none from the options.
+        assert!(key(&["--cluster"], &[]).longpoll_key.is_none());
+        let ws = key(&["--cluster", "--node-name", "n7"], &[("PHX_LONGPOLL_SECRET", SECRET)]);
+        assert_eq!((ws.node_name.as_str(), ws.longpoll_key.is_some()), ("n7", true));
+        assert_eq!(
+            key(&["--longpoll-route-timeout-ms", "750"], &[]).longpoll_route_timeout,
+            Duration::from_millis(750)
+        );
     }
 
     #[test]

@@ -53,6 +53,16 @@ pub struct Config {
     /// A LongPoll poll answers 204 after this long without messages; a session nobody polls
     /// for 1.5 times this ends and its channels stop (Phoenix: 10 s).
     pub longpoll_window: Duration,
+    /// The key LongPoll session tokens are signed with; `None`: a random key per process
+    /// (`auth::longpoll_key`; a cluster needs one shared key, `cli` requires it).
+    pub longpoll_key: Option<crate::auth::LongPollKey>,
+    /// This node's name in a cluster (`--node-name`), written into LongPoll tokens so any node
+    /// can route a poll to the session's node; empty on a single node.
+    pub node_name: String,
+    /// How long a LongPoll request routed to another node may take beyond its own bound (the
+    /// window for a poll and for a POST's messages) before it is answered 500 (phoenix.js then
+    /// reconnects).
+    pub longpoll_route_timeout: Duration,
     /// Close with 1002 after this long without any data from the client (Phoenix: 60 s).
     pub idle_timeout: Duration,
     /// The HTTP upgrade must complete within this.
@@ -105,6 +115,9 @@ impl Default for Config {
             registry_mailbox: 65_536,
             idle_timeout: Duration::from_secs(60),
             longpoll_window: Duration::from_secs(10),
+            longpoll_key: None,
+            node_name: String::new(),
+            longpoll_route_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             join_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),

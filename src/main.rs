@@ -63,6 +63,10 @@ fn serve(args: Args) -> Result<(), String> {
         true => (None, None),
         false => database(&args).map(|(s, c)| (Some(s), c))?,
     };
+    let mut args = args;
+    if let (true, None, Some(store)) = (args.cluster.enabled, &args.ws.longpoll_key, &store) {
+        args.ws.longpoll_key = Some(shared_longpoll_key(store)?);
+    }
     let lobby = store.clone().map(Lobby::new);
     let verifier = phx_threads::auth::Verifier::new(&args.auth)?.map(std::sync::Arc::new);
     let connect = app::connect_with_admin(verifier, args.admin_token.clone());
@@ -98,6 +102,10 @@ fn serve(args: Args) -> Result<(), String> {
         ..HttpConfig::default()
     };
     let cluster_node = start_cluster(&args, store.as_ref(), &ws.pubsub())?;
+    if let Some(node) = &cluster_node {
+        ws.route_longpoll(node.view(), args.cluster.node_timeout)
+            .map_err(|e| format!("cannot route LongPoll requests: {e}"))?;
+    }
     let deps = HttpDeps { store, cluster: cluster_node.as_ref().map(Cluster::view) };
     let http = http::start(http_config, deps)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
@@ -112,6 +120,20 @@ fn serve(args: Args) -> Result<(), String> {
     }
     drop(stats);
     shutdown(http, listener, cluster_node, ws, cluster)
+}
+
+/// With `--cluster` and no secret given: the LongPoll key every node derives from the random
+/// secret their database holds (`sql/004_cluster_secrets.sql`), so tokens verify on every node
+/// with nothing to configure. Whoever reads that database could sign tokens, but could equally
+/// send the cluster's notifications: the database is already what the nodes trust.
+fn shared_longpoll_key(store: &Store) -> Result<phx_threads::auth::LongPollKey, String> {
+    let query = "SELECT secret FROM cluster_secrets WHERE name = 'longpoll'";
+    let row = store
+        .client()
+        .and_then(|mut client| client.query_one(query, &[]).map_err(Into::into))
+        .map_err(|e| format!("cluster: cannot read the shared LongPoll secret: {e}"))?;
+    let secret: Vec<u8> = row.get(0);
+    Ok(phx_threads::auth::longpoll_key_from_shared(&secret))
 }
 
 /// With `--cluster`: joins the other nodes on the same database.

@@ -44,6 +44,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoutedLabel {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     pub method: &'static str,
     pub route: &'static str,
@@ -94,6 +100,8 @@ pub struct Metrics {
     pub open_fds: Gauge,
     /// `limits::REFUSALS`, brought up to date at every scrape.
     pub limit_refusals: Family<KindLabel, Counter>,
+    /// LongPoll requests this node routed to their session's node (`socket::longpoll_route`).
+    pub longpoll_routed: Family<RoutedLabel, Counter>,
     started: Instant,
     /// Totals across labels, for the dashboard's snapshot (`app::admin_channel`).
     open_connections: AtomicI64,
@@ -139,6 +147,7 @@ impl Metrics {
             resident_bytes: Gauge::default(),
             open_fds: Gauge::default(),
             limit_refusals: Family::default(),
+            longpoll_routed: Family::default(),
             started: Instant::now(),
             open_connections: AtomicI64::new(0),
             open_channels: AtomicI64::new(0),
@@ -178,6 +187,8 @@ impl Metrics {
         r.register("open_fds", "Open file descriptors", self.open_fds.clone());
         let help = "Refusals of per-client limits (origin, tokens, per-address caps, rates)";
         r.register("limit_refusals", help, self.limit_refusals.clone());
+        let help = "LongPoll requests routed to their session's node, by outcome";
+        r.register("longpoll_routed", help, self.longpoll_routed.clone());
         self
     }
 
@@ -343,6 +354,12 @@ pub fn broadcast(deliveries: u64, bytes: u64) {
     m.deliveries.inc_by(deliveries);
     m.frames_out.inc_by(deliveries);
     m.bytes_out.inc_by(bytes);
+}
+
+/// A LongPoll `op` (poll, send) routed to another node: `answered`, `gone` (the node is not
+/// live: 410) or `unreachable` (no answer in time: 500).
+pub fn longpoll_routed(op: &'static str, outcome: &'static str) {
+    get().longpoll_routed.get_or_create(&RoutedLabel { op, outcome }).inc();
 }
 
 pub fn slow_consumer() {

@@ -158,6 +158,8 @@ pub struct ServerHandle {
     /// The listening socket, to wake a blocked `accept` at shutdown.
     listener: TcpListener,
     shutdown_timeout: Duration,
+    /// For `route_longpoll`; the acceptor and the connections hold it.
+    endpoint: std::sync::Weak<Endpoint>,
 }
 
 /// What `shutdown` achieved.
@@ -208,7 +210,8 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
     let max_connections = config.max_connections;
     let admit = Box::new(Admission { connections: connections.clone(), max_connections });
     let pubsub_handle = pubsub.pubsub.clone();
-    let longpoll = Default::default();
+    let longpoll =
+        crate::socket::longpoll::Sessions::new(config.longpoll_key.as_ref(), &config.node_name);
     let endpoint =
         Arc::new(Endpoint { config, router, connect, pubsub: pubsub_handle, admit, longpoll });
     let stopping = Arc::new(AtomicBool::new(false));
@@ -218,6 +221,7 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         endpoint.config.trusted_proxies.clone(),
     );
     let (alive, acceptor_exited) = crossbeam_channel::bounded::<()>(0);
+    let weak_endpoint = Arc::downgrade(&endpoint);
     let spawned = process::spawn("ws-accept".into(), 256 * 1024, move || {
         accept_loop(listener, endpoint, pool, (conns, per_address), stop);
         drop(alive);
@@ -245,12 +249,26 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         acceptor_exited,
         listener: waker,
         shutdown_timeout,
+        endpoint: weak_endpoint,
     })
 }
 
 impl ServerHandle {
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws_addr
+    }
+
+    /// With a cluster: a LongPoll request that reaches this node for a session on another
+    /// travels there, and this node serves the requests routed to its own sessions
+    /// (`socket::longpoll_route`). `node_timeout` is the cluster's: until it has passed, a
+    /// node not yet heard from is not taken for down.
+    pub fn route_longpoll(
+        &self,
+        view: crate::cluster::ClusterView,
+        node_timeout: Duration,
+    ) -> std::io::Result<()> {
+        let endpoint = self.endpoint.upgrade().ok_or_else(|| std::io::Error::other("stopped"))?;
+        crate::socket::longpoll_route::start(&endpoint, view, node_timeout)
     }
 
     /// Broadcast from outside any channel (REST handlers, jobs): `Endpoint.broadcast/3`.

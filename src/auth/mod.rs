@@ -54,6 +54,38 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
+/// The key LongPoll session tokens are signed with (`socket::longpoll`). Every node of a
+/// cluster must hold the same one, so that a poll any node receives can be verified there and
+/// routed to the session's node. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LongPollKey(pub [u8; 32]);
+
+impl fmt::Debug for LongPollKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LongPollKey(<set>)")
+    }
+}
+
+/// Shortest `--longpoll-secret`: HMAC-SHA256's own key size.
+pub const MIN_LONGPOLL_SECRET: usize = 32;
+
+/// The LongPoll key: from `--longpoll-secret` if set, else from `--secret-key-base`; `None`
+/// when neither is configured (then a cluster's nodes take the secret their database holds,
+/// `longpoll_key_from_shared`, and a single node draws a random key of its own).
+pub fn longpoll_key(longpoll_secret: Option<&str>, config: &AuthConfig) -> Option<LongPollKey> {
+    let secret = longpoll_secret.or(config.secret_key_base.as_deref())?;
+    Some(longpoll_key_from_shared(secret.as_bytes()))
+}
+
+/// The LongPoll key derived from any shared secret, as HMAC(secret, label) rather than the
+/// secret itself, so that a token of one kind can never pass for another (a LongPoll
+/// signature is no Phoenix.Token signature).
+pub fn longpoll_key_from_shared(secret: &[u8]) -> LongPollKey {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(b"phx-threads longpoll session token v1");
+    LongPollKey(mac.finalize().into_bytes().into())
+}
+
 /// Why a token was refused; the text is what the client and the log see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {

@@ -5,21 +5,33 @@
 //!   `max_connections` slot, answers `{"status":410,"token":T}` and then *becomes* the session:
 //!   the same `Socket` (decision table, channels, limits) as a WebSocket, fed by POSTs.
 //! * GET with a token waits (up to `longpoll_window`) on the session's buffer and answers
-//!   `{"status":200,"messages":[..]}` or `{"status":204}`; POST hands each ndjson line to the
-//!   session's mailbox and waits for it to be handled. Both run on their request's own thread.
+//!   `{"status":200,"messages":[..],"token":T'}` or `{"status":204,"token":T'}`; POST hands
+//!   each ndjson line to the session's mailbox and waits for it to be handled. Both run on
+//!   their request's own thread.
 //! * The connection's frames go to the session's buffer (`Sink`), bounded by
 //!   `outbound_queue_bytes`: a client that stops polling is cut as a slow consumer; one that
 //!   polls nobody for 1.5 windows is gone, and the session ends, stopping its channels.
 //!
-//! The token is `hex(session id).hex(HMAC-SHA256(key, session id ‖ client IP))`, with a random
-//! key per process: it cannot be forged, it dies with its session (ids are random, never
-//! reused), and it is refused from any other IP address than the one that opened the session
-//! (a leaked token is useless elsewhere). Behind a proxy that is the proxy's address.
+//! The token is `hex(session id).ack.hex(node).hex(HMAC-SHA256(key, id ‖ ack ‖ node ‖ client
+//! IP))`. The key is shared by the nodes of a cluster (`auth::longpoll_key`; random per process
+//! on a single node without a secret), so any node can verify it: it cannot be forged, it dies
+//! with its session (ids are random, never reused), and it is refused from any other IP address
+//! than the one that opened the session (a leaked token is useless elsewhere; behind a proxy
+//! that is the proxy's address). `node` is where the session lives: a request that reaches
+//! another node travels there through the cluster (`longpoll_route.rs`).
+//!
+//! **Acknowledged delivery.** A poll's messages stay in the buffer until the client shows it
+//! has them: every answer carries a new token whose `ack` is the sequence number of its last
+//! message, phoenix.js polls next with that token, and only then are they dropped. An answer
+//! that never reaches the client (a routed reply lost on the way, a proxy that cut the
+//! response) leaves the client with its old token, and its next poll gets the same messages
+//! again: nothing is lost and, since a client only ever holds one token, nothing is shown twice.
+//! Holding a batch until the next poll costs at most one batch, inside the same byte budget.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
@@ -30,6 +42,7 @@ use sha2::Sha256;
 
 use super::conn::{Chunk, CloseReason, ConnHandle, ConnShared, Sink};
 use super::http1::{self, RequestHead};
+use super::longpoll_route::{self, Route};
 use super::transport::{self, Session};
 use super::{End, Endpoint, Socket};
 use crate::protocol::Inbound;
@@ -40,42 +53,89 @@ const MAX_BATCH: usize = 100;
 const INBOX: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
-type SessionId = [u8; 16];
+pub(super) type SessionId = [u8; 16];
 
 /// Every open LongPoll session of a server, and the key their tokens are signed with.
 pub(crate) struct Sessions {
     key: [u8; 32],
+    /// This node's name, written into every token (empty on a single node).
+    node: String,
     table: Mutex<HashMap<SessionId, Arc<LongPoll>>>,
+    /// Set once the node joins a cluster (`longpoll_route::start`).
+    pub(super) route: OnceLock<Route>,
 }
 
 impl Default for Sessions {
     fn default() -> Sessions {
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        Sessions { key, table: Mutex::new(HashMap::new()) }
+        Sessions::new(None, "")
     }
 }
 
+/// What a token says once its signature holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Token {
+    pub id: SessionId,
+    /// The sequence number of the last message the client has received.
+    pub ack: u64,
+    /// The node holding the session.
+    pub node: String,
+}
+
 impl Sessions {
-    fn mac(&self, id: &SessionId, ip: IpAddr) -> HmacSha256 {
+    /// `key`: shared by a cluster's nodes; `None` draws a random one for this process.
+    pub(crate) fn new(key: Option<&crate::auth::LongPollKey>, node: &str) -> Sessions {
+        let key = key.map_or_else(random_key, |k| k.0);
+        let (node, table, route) = (node.to_string(), Mutex::default(), OnceLock::new());
+        Sessions { key, node, table, route }
+    }
+
+    pub(super) fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn mac(&self, token: &Token, ip: IpAddr) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(id);
+        mac.update(&token.id);
+        mac.update(&token.ack.to_be_bytes());
+        // Length-prefixed, so that node and address cannot trade bytes.
+        mac.update(&(token.node.len() as u64).to_be_bytes());
+        mac.update(token.node.as_bytes());
         mac.update(ip.to_string().as_bytes());
         mac
     }
 
-    fn token(&self, id: &SessionId, ip: IpAddr) -> String {
-        format!("{}.{}", hex(id), hex(&self.mac(id, ip).finalize().into_bytes()))
+    pub(super) fn token(&self, token: &Token, ip: IpAddr) -> String {
+        let sig = self.mac(token, ip).finalize().into_bytes();
+        format!("{}.{}.{}.{}", hex(&token.id), token.ack, hex(token.node.as_bytes()), hex(&sig))
     }
 
-    /// The session a token names, if its signature holds for this client's address.
-    fn find(&self, token: &str, ip: IpAddr) -> Option<Arc<LongPoll>> {
-        let (id, sig) = token.split_once('.')?;
-        let id: SessionId = unhex(id)?.try_into().ok()?;
-        self.mac(&id, ip).verify_slice(&unhex(sig)?).ok()?;
-        self.table.lock().get(&id).cloned()
+    /// What `text` says, if its signature holds for this client's address.
+    pub(super) fn verify(&self, text: &str, ip: IpAddr) -> Option<Token> {
+        let mut parts = text.splitn(4, '.');
+        let id = unhex(parts.next()?)?.try_into().ok()?;
+        let ack = parts.next().filter(|a| a.len() <= 20)?.parse().ok()?;
+        let node = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        let token = Token { id, ack, node };
+        self.mac(&token, ip).verify_slice(&unhex(parts.next()?)?).ok()?;
+        Some(token)
     }
+
+    /// The session `id` if it lives on this node.
+    pub(super) fn local(&self, id: &SessionId) -> Option<Arc<LongPoll>> {
+        self.table.lock().get(id).cloned()
+    }
+
+    /// The session a token names, if its signature holds and the session is on this node.
+    fn find(&self, text: &str, ip: IpAddr) -> Option<Arc<LongPoll>> {
+        self.local(&self.verify(text, ip)?.id)
+    }
+}
+
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
 }
 
 /// One session's shared side: its buffer of encoded messages and its mailbox.
@@ -92,7 +152,10 @@ pub(crate) struct LongPoll {
 }
 
 struct Buffer {
+    /// Messages not yet acknowledged: `messages[i]` has the sequence number `acked + 1 + i`.
     messages: VecDeque<String>,
+    /// The last sequence number the client has acknowledged (and that was dropped).
+    acked: u64,
     bytes: usize,
     /// Polls waiting now; the session cannot expire while one waits.
     polling: usize,
@@ -114,8 +177,9 @@ impl Sink for LongPoll {
         }
         for (opcode, payload) in frames(chunk.bytes()) {
             if opcode != 1 {
-                // The buffer is JSON strings (§1.8): a binary push cannot be carried.
-                log::debug!("conn {}: dropped a binary frame for LongPoll", self.conn_id);
+                // The buffer is JSON strings (§1.8): a binary push cannot be carried. Counted
+                // and logged, as for V1 clients.
+                crate::limits::refuse_binary(self.conn_id, "a LongPoll session");
                 continue;
             }
             buffer.bytes += payload.len();
@@ -146,11 +210,35 @@ impl Sink for LongPoll {
     }
 }
 
+impl Buffer {
+    /// Drops what the client has received (sequence numbers up to `ack`).
+    fn acknowledge(&mut self, ack: u64) {
+        let n = ack.saturating_sub(self.acked).min(self.messages.len() as u64);
+        for message in self.messages.drain(..n as usize) {
+            self.bytes -= message.len();
+        }
+        self.acked += n;
+    }
+}
+
+/// What a poll found.
+#[derive(Debug, PartialEq)]
+pub(super) enum Polled {
+    /// Every unacknowledged message (none: 204), and the ack that covers them.
+    Messages(Vec<String>, u64),
+    /// The session has ended (410).
+    Gone,
+    /// A routed poll got no answer in time (500: phoenix.js reconnects).
+    Unreachable(String),
+}
+
 impl LongPoll {
-    /// Waits up to `window` for messages; None when the session has ended.
-    fn poll(&self, window: Duration) -> Option<Vec<String>> {
+    /// Drops what `ack` acknowledges, then waits up to `window` for messages. The messages
+    /// answered stay buffered until a later poll acknowledges them (see the module comment).
+    pub(super) fn poll(&self, window: Duration, ack: u64) -> Polled {
         let deadline = Instant::now() + window;
         let mut buffer = self.buffer.lock();
+        buffer.acknowledge(ack);
         buffer.polling += 1;
         while buffer.messages.is_empty() && !buffer.closed && !self.ending() {
             if self.ready.wait_until(&mut buffer, deadline).timed_out() {
@@ -160,10 +248,23 @@ impl LongPoll {
         buffer.polling -= 1;
         buffer.last_poll = Instant::now();
         if buffer.messages.is_empty() && (buffer.closed || self.ending()) {
-            return None;
+            return Polled::Gone;
         }
-        buffer.bytes = 0;
-        Some(buffer.messages.drain(..).collect())
+        let ack = buffer.acked + buffer.messages.len() as u64;
+        Polled::Messages(buffer.messages.iter().cloned().collect(), ack)
+    }
+
+    /// Hands each line to the session and waits, until `deadline` in all, for it to be handled:
+    /// 200, 408 when it is not handled in time, 410 when the session has ended.
+    pub(super) fn deliver(&self, lines: Vec<String>, deadline: Instant) -> u16 {
+        for text in lines.into_iter().filter(|l| !l.is_empty()) {
+            let (done, acked) = bounded(1);
+            let sent = self.inbox.send_deadline(Line { text, done }, deadline).is_ok();
+            if !sent || acked.recv_deadline(deadline).is_err() {
+                return if self.ending() { 410 } else { 408 };
+            }
+        }
+        200
     }
 
     fn ending(&self) -> bool {
@@ -190,17 +291,19 @@ pub(crate) fn serve(
     peer: SocketAddr,
     shared: Arc<ConnShared>,
 ) {
-    let token = session_token(&head);
-    let found = token.as_deref().map(|t| endpoint.longpoll.find(t, peer.ip()));
-    let answer = match (head.method.as_str(), found) {
+    let ip = peer.ip();
+    let token = session_token(&head).map(|t| endpoint.longpoll.verify(&t, ip));
+    let answer = match (head.method.as_str(), token) {
         ("GET", None) => return open(endpoint, &tcp, &head, peer, shared),
-        ("GET", Some(Some(lp))) => poll_answer(&endpoint, &lp, token.as_deref()),
-        ("POST", Some(Some(lp))) => post_answer(&endpoint, &tcp, &head, rest, &lp),
+        ("GET", Some(Some(token))) => poll_answer(&endpoint, &token, ip),
+        ("POST", Some(Some(token))) => post_answer(&endpoint, &tcp, &head, rest, &token),
         ("GET" | "POST", _) => json!({"status": 410}),
         ("OPTIONS", _) => return preflight(&tcp, &head),
         _ => return respond(&tcp, 400, &json!({"error": "LongPoll accepts GET and POST"})),
     };
-    respond(&tcp, 200, &answer);
+    // A request the cluster could not route is a gateway failure; phoenix.js reads the body.
+    let http = if answer["status"] == 500 { 503 } else { 200 };
+    respond(&tcp, http, &answer);
 }
 
 /// The token from `X-Phoenix-Longpoll-Token` (phoenix.js 1.9) or the `token` param (1.8,
@@ -213,24 +316,33 @@ fn session_token(head: &RequestHead) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
 
-fn poll_answer(endpoint: &Endpoint, lp: &LongPoll, token: Option<&str>) -> Value {
-    match lp.poll(endpoint.config.longpoll_window) {
-        None => json!({"status": 410}),
-        Some(messages) if messages.is_empty() => {
-            json!({"status": 204, "token": token, "messages": []})
+/// A poll, answered here when the session is on this node, else by the session's node.
+fn poll_answer(endpoint: &Endpoint, token: &Token, ip: IpAddr) -> Value {
+    let sessions = &endpoint.longpoll;
+    let polled = match sessions.local(&token.id) {
+        Some(lp) => lp.poll(endpoint.config.longpoll_window, token.ack),
+        None if token.node == sessions.node => Polled::Gone,
+        None => longpoll_route::poll(endpoint, token),
+    };
+    match polled {
+        Polled::Gone => json!({"status": 410}),
+        Polled::Unreachable(reason) => json!({"status": 500, "reason": reason}),
+        Polled::Messages(messages, ack) => {
+            let token = sessions.token(&Token { ack, ..token.clone() }, ip);
+            let status = if messages.is_empty() { 204 } else { 200 };
+            json!({"status": status, "token": token, "messages": messages})
         }
-        Some(messages) => json!({"status": 200, "token": token, "messages": messages}),
     }
 }
 
-/// Hands each line of the body to the session and waits for it to be handled, as Phoenix
-/// does, so the client's next POST comes after these messages' effects.
+/// Hands each line of the body to the session (here, or on its node) and waits until it is
+/// handled, as Phoenix does, so the client's next POST comes after these messages' effects.
 fn post_answer(
     endpoint: &Endpoint,
     tcp: &TcpStream,
     head: &RequestHead,
     rest: Vec<u8>,
-    lp: &LongPoll,
+    token: &Token,
 ) -> Value {
     let deadline = Instant::now() + endpoint.config.handshake_timeout;
     let body = match read_body(tcp, head, rest, endpoint.config.max_frame_bytes, deadline) {
@@ -238,20 +350,20 @@ fn post_answer(
         Err(why) => return json!({"status": 400, "reason": why}),
     };
     let ndjson = head.header("content-type").is_some_and(|t| t.contains("ndjson"));
-    let lines: Vec<&str> = if ndjson { body.split('\n').collect() } else { vec![&body] };
+    let lines: Vec<String> = match ndjson {
+        true => body.split('\n').map(str::to_string).collect(),
+        false => vec![body],
+    };
     if lines.len() > MAX_BATCH {
         return json!({"status": 400, "reason": format!("more than {MAX_BATCH} messages")});
     }
+    let sessions = &endpoint.longpoll;
     let window = endpoint.config.longpoll_window;
-    for text in lines.into_iter().filter(|l| !l.is_empty()) {
-        let (done, acked) = bounded(1);
-        let line = Line { text: text.to_string(), done };
-        if lp.inbox.send_timeout(line, window).is_err() || acked.recv_timeout(window).is_err() {
-            let status = if lp.ending() { 410 } else { 408 };
-            return json!({ "status": status });
-        }
+    match sessions.local(&token.id) {
+        Some(lp) => json!({ "status": lp.deliver(lines, Instant::now() + window) }),
+        None if token.node == sessions.node => json!({"status": 410}),
+        None => longpoll_route::send(endpoint, token, lines),
     }
-    json!({"status": 200})
 }
 
 /// The request body, within `max_bytes` and before `deadline` (however slowly it trickles).
@@ -332,6 +444,7 @@ fn open(
     let (inbox, lines) = bounded(INBOX);
     let buffer = Buffer {
         messages: VecDeque::new(),
+        acked: 0,
         bytes: 0,
         polling: 0,
         last_poll: Instant::now(),
@@ -348,7 +461,8 @@ fn open(
     });
     shared.divert(lp.clone());
     endpoint.longpoll.table.lock().insert(lp.id, lp.clone());
-    let token = endpoint.longpoll.token(&lp.id, peer.ip());
+    let fresh = Token { id: lp.id, ack: 0, node: endpoint.longpoll.node.clone() };
+    let token = endpoint.longpoll.token(&fresh, peer.ip());
     respond(tcp, 200, &json!({"status": 410, "token": token, "messages": []}));
     log::debug!("conn {}: LongPoll session opened for {peer}", shared.id);
     run(endpoint.clone(), session, shared, &lp, lines);
@@ -479,12 +593,13 @@ fn frames(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
+/// At most 512 hex digits: a session id, a signature, or a node name of up to 256 bytes.
+pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 512 {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -506,17 +621,50 @@ mod tests {
     }
 
     #[test]
-    fn tokens_verify_only_for_their_session_and_address() {
-        let sessions = Sessions::default();
-        let id = [7u8; 16];
+    fn tokens_verify_only_for_their_session_ack_node_and_address() {
+        let key = crate::auth::LongPollKey([3; 32]);
+        let sessions = Sessions::new(Some(&key), "n1");
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let token = sessions.token(&id, ip);
-        let (hex_id, sig) = token.split_once('.').unwrap();
-        assert_eq!(unhex(hex_id).unwrap(), id);
-        assert!(sessions.mac(&id, ip).verify_slice(&unhex(sig).unwrap()).is_ok());
-        let other: IpAddr = "127.0.0.2".parse().unwrap();
-        assert!(sessions.mac(&id, other).verify_slice(&unhex(sig).unwrap()).is_err());
-        assert!(sessions.mac(&[8u8; 16], ip).verify_slice(&unhex(sig).unwrap()).is_err());
-        assert!(Sessions::default().mac(&id, ip).verify_slice(&unhex(sig).unwrap()).is_err());
+        let token = Token { id: [7; 16], ack: 42, node: "n.2".into() };
+        let text = sessions.token(&token, ip);
+        assert_eq!(sessions.verify(&text, ip), Some(token.clone()));
+        // Another node with the same key verifies it; a node with another key does not.
+        assert_eq!(Sessions::new(Some(&key), "n3").verify(&text, ip), Some(token.clone()));
+        assert_eq!(Sessions::default().verify(&text, ip), None);
+        assert_eq!(sessions.verify(&text, "127.0.0.2".parse().unwrap()), None);
+        // Any changed part breaks the signature: id, ack, node.
+        let (id, rest) = text.split_once('.').unwrap();
+        let other_id = format!("{}8.{rest}", &id[..31]);
+        assert!(id.ends_with('7') && sessions.verify(&format!("{id}.{rest}"), ip).is_some());
+        assert_eq!(sessions.verify(&other_id, ip), None);
+        assert_eq!(sessions.verify(&text.replacen(".42.", ".43.", 1), ip), None);
+        let elsewhere = sessions.token(&Token { node: "n3".into(), ..token.clone() }, ip);
+        let sig = elsewhere.rsplit_once('.').unwrap().1;
+        let spliced = format!("{}.{sig}", text.rsplit_once('.').unwrap().0);
+        assert_eq!(sessions.verify(&spliced, ip), None);
+        for bad in ["", "x", "00.1.00.00", &format!("{text}0"), &text.replacen(".42.", ".-1.", 1)] {
+            assert_eq!(sessions.verify(bad, ip), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn acknowledged_messages_are_dropped_and_the_others_kept() {
+        let mut buffer = Buffer {
+            messages: ["a", "bb", "ccc"].map(String::from).into(),
+            acked: 10,
+            bytes: 6,
+            polling: 0,
+            last_poll: Instant::now(),
+            closed: false,
+        };
+        buffer.acknowledge(9);
+        assert_eq!((buffer.messages.len(), buffer.acked, buffer.bytes), (3, 10, 6));
+        buffer.acknowledge(12);
+        assert_eq!(
+            (buffer.messages.front().unwrap().as_str(), buffer.acked, buffer.bytes),
+            ("ccc", 12, 3)
+        );
+        buffer.acknowledge(99);
+        assert_eq!((buffer.messages.len(), buffer.acked, buffer.bytes), (0, 13, 0));
     }
 }

@@ -14,6 +14,7 @@
 pub(crate) mod conn;
 pub(crate) mod http1;
 pub(crate) mod longpoll;
+pub(crate) mod longpoll_route;
 mod rate;
 mod state;
 pub mod transport;

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         file: "003_cluster_log.sql",
         sql: include_str!("../../sql/003_cluster_log.sql"),
     },
+    Migration {
+        version: 4,
+        file: "004_cluster_secrets.sql",
+        sql: include_str!("../../sql/004_cluster_secrets.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock ("phx_migr" in ASCII).

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { Presence, Socket } from "phoenix";
 import WebSocket from "ws";
 
-import { startServer, waitFor } from "./server.mjs";
+import { listsExactly, member as memberOf, startServer, waitFor, waitForPeers } from "./server.mjs";
 
 let nodes = [];
 let dataDir;
@@ -25,17 +25,7 @@ before(async () => {
     nodes.push(await startServer(args, { database: true }));
   }
   // Both nodes hear each other before the clients join.
-  for (const node of nodes) {
-    const cluster = node.api.replace("/api/superheroes", "/cluster");
-    await waitFor(`${cluster} to list the other node`, (done) => {
-      const poll = async () => {
-        const view = await (await fetch(cluster)).json();
-        if (view.nodes.length === 1) done();
-        else setTimeout(poll, 50);
-      };
-      poll();
-    }, 10_000);
-  }
+  await waitForPeers(nodes);
 });
 
 after(async () => {
@@ -44,26 +34,7 @@ after(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-function member(url, topic, userId) {
-  const socket = new Socket(url, { transport: WebSocket, params: { user_id: userId } });
-  socket.connect();
-  const channel = socket.channel(topic, {});
-  const presence = new Presence(channel);
-  const syncs = [];
-  presence.onSync(() => syncs.forEach((check) => check()));
-  const messages = [];
-  channel.on("new_msg", (msg) => messages.push(msg.body));
-  return { socket, channel, presence, syncs, messages, userId };
-}
-
-function listsExactly(m, expected) {
-  const want = JSON.stringify([...expected].sort());
-  return waitFor(`${m.userId} to list ${want}`, (done) => {
-    const check = () => JSON.stringify(m.presence.list((k) => k).sort()) === want && done();
-    m.syncs.push(check);
-    check();
-  }, 10_000);
-}
+const member = (url, topic, userId) => memberOf(Socket, Presence, url, topic, userId, { transport: WebSocket });
 
 test("two clients on different nodes chat and see each other in Presence", async () => {
   const topic = `room:cluster-${Date.now()}`;

@@ -67,3 +67,44 @@ export function waitFor(what, register, ms = 5_000) {
     });
   });
 }
+
+/** Resolves once every node's `/cluster` lists all the others. */
+export async function waitForPeers(nodes, ms = 10_000) {
+  for (const node of nodes) {
+    const cluster = node.api.replace("/api/superheroes", "/cluster");
+    await waitFor(`${cluster} to list the ${nodes.length - 1} other nodes`, (done) => {
+      const poll = async () => {
+        const view = await (await fetch(cluster)).json();
+        if (view.nodes.length === nodes.length - 1) done();
+        else setTimeout(poll, 50);
+      };
+      poll();
+    }, ms);
+  }
+}
+
+/** A phoenix.js socket with `user_id` and its channel on `topic`, tracked by a Presence;
+ * `new_msg` bodies collect in `messages`. */
+export function member(Socket, Presence, url, topic, userId, opts = {}) {
+  const socket = new Socket(url, { ...opts, params: { user_id: userId } });
+  socket.connect();
+  const channel = socket.channel(topic, {});
+  const presence = new Presence(channel);
+  const syncs = [];
+  presence.onSync(() => syncs.forEach((check) => check()));
+  const messages = [];
+  channel.on("new_msg", (msg) => messages.push(msg.body));
+  const errors = [];
+  socket.onError((e) => errors.push(e));
+  return { socket, channel, presence, syncs, messages, errors, userId };
+}
+
+/** Resolves once `m`'s Presence lists exactly the keys `expected`. */
+export function listsExactly(m, expected) {
+  const want = JSON.stringify([...expected].sort());
+  return waitFor(`${m.userId} to list ${want}`, (done) => {
+    const check = () => JSON.stringify(m.presence.list((k) => k).sort()) === want && done();
+    m.syncs.push(check);
+    check();
+  }, 10_000);
+}

@@ -19,10 +19,15 @@ use crate::support::{EVENT_TIMEOUT, TestServer, eventually, test_config, unique_
 use phx_threads::cluster::{Cluster, ClusterConfig};
 use std::sync::Arc;
 
-const HEARTBEAT_MS: u64 = 500;
-const NODE_TIMEOUT_MS: u64 = 750;
+pub(crate) const HEARTBEAT_MS: u64 = 500;
+pub(crate) const NODE_TIMEOUT_MS: u64 = 750;
 
-fn start_node(url: &str, name: &str) -> Binary {
+pub(crate) fn start_node(url: &str, name: &str) -> Binary {
+    start_node_with(url, name, &[])
+}
+
+/// A node with extra command-line arguments.
+pub(crate) fn start_node_with(url: &str, name: &str, extra: &[&str]) -> Binary {
     let (heartbeat, timeout) = (HEARTBEAT_MS.to_string(), NODE_TIMEOUT_MS.to_string());
     let args = [
         "--database-url",
@@ -35,7 +40,7 @@ fn start_node(url: &str, name: &str) -> Binary {
         "--cluster-node-timeout-ms",
         &timeout,
     ];
-    Binary::start_with(&args, false)
+    Binary::start_with(&[&args[..], extra].concat(), false)
 }
 
 fn cluster_view(node: &Binary) -> Value {
@@ -44,14 +49,14 @@ fn cluster_view(node: &Binary) -> Value {
     res.json()
 }
 
-fn peers(node: &Binary) -> Vec<String> {
+pub(crate) fn peers(node: &Binary) -> Vec<String> {
     let view = cluster_view(node);
     let names = view["nodes"].as_array().expect("a node list").iter();
     names.map(|n| n["name"].as_str().unwrap().to_string()).collect()
 }
 
 /// Three nodes that all see the other two.
-fn three_nodes(db: &TestDb) -> Vec<Binary> {
+pub(crate) fn three_nodes(db: &TestDb) -> Vec<Binary> {
     three_nodes_on(&db.url)
 }
 
@@ -61,7 +66,7 @@ fn three_nodes_on(url: &str) -> Vec<Binary> {
     nodes
 }
 
-fn all_see_each_other(nodes: &[Binary]) {
+pub(crate) fn all_see_each_other(nodes: &[Binary]) {
     for node in nodes {
         let others = nodes.len() - 1;
         assert!(eventually(EVENT_TIMEOUT, || peers(node).len() == others), "{:?}", peers(node));

@@ -22,7 +22,7 @@ struct Lp {
 }
 
 /// One request; the answer's HTTP status and JSON body.
-fn request(
+pub(crate) fn request(
     addr: SocketAddr,
     from: Option<&str>,
     method: &str,

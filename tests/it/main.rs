@@ -25,6 +25,8 @@ mod rate_limits;
 mod presence;
 // Issue #13: three binaries on one PostgreSQL with --cluster.
 mod cluster;
+// Issue #13 item 4: LongPoll across three nodes without sticky sessions.
+mod cluster_longpoll;
 // Issue #14 part 2: signed tokens, the origin rule, per-address limits.
 mod security;
 

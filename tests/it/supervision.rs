@@ -87,6 +87,13 @@ impl Binary {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) with kill(1): a node frozen without dying.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL: no shutdown code runs (the cluster tests' crashed node).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
