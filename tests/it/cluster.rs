@@ -362,10 +362,18 @@ fn broadcasts_sent_while_a_listener_reconnects_are_fetched_from_the_log() {
     for c in &mut listeners {
         assert_eq!(new_msgs(c, 5).len(), 5);
     }
-    // Every node's listener loses its connection; its reconnect backs off 100 ms at least,
-    // and NOTIFYs sent meanwhile never reach it.
-    let killed = db
-        .client()
+    // Every node's listener loses its connection and cannot reconnect (the database refuses
+    // new connections; the relaying connections stay), so the NOTIFYs of everything said
+    // meanwhile never reach it: only the log can give it back.
+    let mut admin = db.client();
+    let allow = |yes: bool| {
+        let url = crate::support::pg::with_dbname(&db.url, "postgres");
+        let mut outside = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let sql = format!("ALTER DATABASE {} ALLOW_CONNECTIONS {yes}", db.name);
+        outside.batch_execute(&sql).unwrap();
+    };
+    allow(false);
+    let killed = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name = 'phx-threads-cluster-listen'",
@@ -374,6 +382,11 @@ fn broadcasts_sent_while_a_listener_reconnects_are_fetched_from_the_log() {
         .unwrap();
     assert_eq!(killed.len(), 3, "one listener per node");
     say(&mut speaker, &speaker_jr, &topic, "away", 0..20);
+    let logged = "SELECT count(*) FROM cluster_messages WHERE body LIKE '%away-19%'";
+    assert!(eventually(EVENT_TIMEOUT, || {
+        admin.query_one(logged, &[]).unwrap().get::<_, i64>(0) > 0
+    }));
+    allow(true);
     let expected: Vec<String> = (0..20).map(|k| format!("away-{k}")).collect();
     for c in &mut listeners {
         assert_eq!(new_msgs(c, 20), expected, "every broadcast, once and in order");

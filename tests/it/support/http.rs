@@ -104,6 +104,8 @@ impl Drop for TestServer {
 
 /// Reads the status line and headers, then the body by Content-Length, chunked encoding,
 /// or to EOF.
+/// Bytes after the response (a pipelined answer) are read and dropped: read pipelined
+/// answers with `parse_responses` instead.
 pub fn read_response(stream: &mut TcpStream, head_only: bool) -> Response {
     let mut raw = Vec::new();
     let head_end = loop {

@@ -28,7 +28,7 @@ static SHARED: OnceLock<Shared> = OnceLock::new();
 /// One fresh, migrated, empty database.
 pub struct TestDb {
     pub url: String,
-    name: String,
+    pub name: String,
 }
 
 impl TestDb {
