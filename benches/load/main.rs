@@ -7,6 +7,7 @@
 //! `target` (starting the servers, /proc readings, OS limits), `report` (percentiles, tables,
 //! CSV), `scenarios/*` (one file per workload), `plot` (the SVG).
 
+mod cluster_env;
 mod driver;
 mod fleet;
 mod opts;

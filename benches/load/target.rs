@@ -50,6 +50,9 @@ pub struct PhoenixStart<'a> {
     /// With a database (the `rest` scenario): the server starts its own PostgreSQL in a temp dir.
     pub database: bool,
     pub log_name: &'a str,
+    /// Appended to the command line (the cluster nodes: `--cluster --database-url ...`; with
+    /// `--database-url` among them the server uses that database instead of none).
+    pub args: &'a [String],
 }
 
 impl Server {
@@ -84,9 +87,12 @@ impl Server {
             cmd.arg("--data-dir").arg(&d.0);
             Some(d)
         } else {
-            cmd.arg("--no-database");
+            if !s.args.iter().any(|a| a == "--database-url") {
+                cmd.arg("--no-database");
+            }
             None
         };
+        cmd.args(s.args);
         let (avail_before_kib, self_rss_before_kib) = settle();
         let (child, line) = spawn_and_wait(cmd, &s.opts.out, s.log_name, "listening", 120)?;
         let ws = field(&line, "ws=").ok_or(format!("no ws= in {line:?}"))?;
@@ -144,6 +150,14 @@ impl Server {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => Path::new(&format!("/proc/{}", self.pid)).exists(),
         }
+    }
+
+    /// SIGKILL, no goodbye (a crashed node).
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = child.kill();
+        let _ = child.wait();
+        CHILDREN.lock().unwrap().retain(|&p| p != child.id());
     }
 
     pub fn stop(&mut self) {
