@@ -116,12 +116,17 @@ impl Nodes {
     }
 
     fn spawn(&self, i: usize) -> Res<Server> {
+        self.spawn_with(i, &[])
+    }
+
+    fn spawn_with(&self, i: usize, more: &[String]) -> Res<Server> {
         let mut args: Vec<String> = ["--cluster", "--database-url", &self.pg.url, "--node-name"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         args.push(node_name(i));
         args.extend(self.extra.iter().cloned());
+        args.extend(more.iter().cloned());
         let log_name = format!("{}-node-{i}", self.log_prefix);
         let start =
             PhoenixStart { opts: &self.opts, database: false, log_name: &log_name, args: &args };
@@ -158,6 +163,17 @@ impl Nodes {
     pub fn restart(&mut self, i: usize) -> Res<&Server> {
         self.servers[i].stop();
         let s = self.spawn(i)?;
+        self.servers[i] = s;
+        Ok(&self.servers[i])
+    }
+
+    /// `restart`, but on the WebSocket address it had: a load balancer's list of upstreams
+    /// stays valid across a rolling restart (the listener sets SO_REUSEADDR, so the port is
+    /// free again as soon as the old process has exited).
+    pub fn restart_in_place(&mut self, i: usize) -> Res<&Server> {
+        let ws = self.servers[i].ws;
+        self.servers[i].stop();
+        let s = self.spawn_with(i, &["--ws-addr".to_string(), ws.to_string()])?;
         self.servers[i] = s;
         Ok(&self.servers[i])
     }
