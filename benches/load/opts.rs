@@ -18,6 +18,10 @@ scenarios:
   presence    join storm: N members (1k, 5k, 10k; PRESENCE_SIZES=...) join one room at once;
               time until all hold N presence keys, frames and bytes per member, CPU, RSS
   all         every scenario above in turn (what benches/smoke.sh runs with --smoke)
+  reconnect   rolling restart of --nodes clustered nodes (own PostgreSQL) with --clients LIST
+              phoenix.js-like clients starting on node 0: per SIGTERMed node, time until every
+              client is joined again (p50/p99/max), until Presence shows all again, and the
+              broadcasts (--rate, default 100/s) lost by receivers on the nodes that stay up
   plot        redraw bench-results/scaling.svg from bench-results/scaling.csv
 
 options:
@@ -40,6 +44,9 @@ options:
   --duration SECS       sustained/slow-phase/rest duration (defaults 30/30/20)
   --pad BYTES           extra bytes in each broadcast body (default 0; slow: 2048)
   --rest-clients N      rest: concurrent HTTP clients (default 8)
+  --nodes N             reconnect: cluster nodes (default 3)
+  --clients LIST        reconnect: clients per size (default 1000,10000,19000; --smoke: 200,
+                        one step)
   --client-threads N    generator event-loop threads (default 2)
   --inflight N          connections being opened at once, in all (default 256)
   --out DIR             results directory (default bench-results)
@@ -69,6 +76,8 @@ pub struct Opts {
     pub duration: Option<Duration>,
     pub pad: Option<usize>,
     pub rest_clients: usize,
+    pub nodes: Option<usize>,
+    pub clients: Vec<usize>,
     pub client_threads: usize,
     pub inflight: usize,
     pub out: String,
@@ -99,6 +108,8 @@ impl Opts {
             duration: None,
             pad: None,
             rest_clients: 8,
+            nodes: None,
+            clients: vec![1000, 10_000, 19_000],
             client_threads: 2,
             inflight: 256,
             out: "bench-results".into(),
@@ -136,6 +147,8 @@ impl Opts {
                 "--duration" => o.duration = Some(secs(&val(&a)?)?),
                 "--pad" => o.pad = Some(num(&val(&a)?)?),
                 "--rest-clients" => o.rest_clients = num(&val(&a)?)?,
+                "--nodes" => o.nodes = Some(num(&val(&a)?)?),
+                "--clients" => o.clients = list(&val(&a)?)?,
                 "--client-threads" => o.client_threads = num(&val(&a)?)?,
                 "--inflight" => o.inflight = num(&val(&a)?)?,
                 "--out" => o.out = val(&a)?,
@@ -172,6 +185,7 @@ impl Opts {
         self.subscribers.get_or_insert(200);
         self.duration.get_or_insert(Duration::from_secs(2));
         self.rest_clients = self.rest_clients.min(2);
+        self.clients = vec![200];
     }
 
     /// Hard stop for the whole process: generous, but bounded.
@@ -192,6 +206,13 @@ impl Opts {
                 "rest" => 500 + 2 * self.duration.map_or(20, |d| d.as_secs()),
                 "slowbody" => 300 + 3 * (self.duration.map_or(10, |d| d.as_secs()) + 5),
                 "presence" => 900,
+                // Per size: the ramp, then per node a restart (≤ 15 s to exit), the redial
+                // bound (70 s), presence and peers (≤ 60 s).
+                "reconnect" => {
+                    let nodes = self.nodes.unwrap_or(3) as u64;
+                    let ramps: u64 = self.clients.iter().map(|&c| 60 + c as u64 / 100).sum();
+                    120 + ramps + self.clients.len() as u64 * nodes * 160
+                }
                 _ => 120,
             }
         };

@@ -4,6 +4,7 @@
 mod cluster;
 mod fanout;
 mod presence;
+mod reconnect;
 mod rest;
 mod scaling;
 mod slow;
@@ -32,6 +33,7 @@ pub fn run(opts: &Opts) -> Res {
         "slowbody" => slowbody::run(opts),
         "presence" => presence::run(opts),
         "cluster" => cluster::run(opts),
+        "reconnect" => reconnect::run(opts),
         "plot" => crate::plot::scaling(&opts.out),
         "all" => {
             let mut failed = Vec::new();
