@@ -8,6 +8,11 @@
 //! encoded once and broadcast on the topic through PubSub,
 //! so it reaches every member by the fastlane. A join and a leave of the same meta within one
 //! window cancel out.
+//! Replication (with `--cluster`): local changes go to the other trackers as one `delta` per
+//! `window` at most (and always before a heartbeat, whose digest must cover them), not one per
+//! change: a join storm of 10,000 made 10,000 replication messages, which the other trackers'
+//! mailboxes dropped, and each drop asked every node for its whole state. That request is sent
+//! at most once per heartbeat for however many drops.
 //! **Invariant:** the `presence_state` handed to joiners is the topic as of the last diff sent
 //! (its "published view"), never the live state. A joiner asks for it only after its
 //! subscription was queued at the registry, and every later diff is broadcast after that, so
@@ -81,6 +86,13 @@ pub(crate) struct Replicator {
     sub: Subscription,
     peers: Peers,
     next_heartbeat: Instant,
+    /// Local changes not yet sent as a `delta`, and when the next one may go.
+    dirty: bool,
+    next_delta: Instant,
+    /// Replication messages our mailbox dropped since the last `want`, and when the next
+    /// `want` may go.
+    missed: u64,
+    next_want: Instant,
 }
 
 impl Replicator {
@@ -91,7 +103,17 @@ impl Replicator {
         capacity: usize,
     ) -> Result<Replicator, crate::pubsub::PubSubError> {
         let sub = pubsub.subscribe(REPLICATION_TOPIC, capacity)?;
-        Ok(Replicator { config, sub, peers: Peers::default(), next_heartbeat: Instant::now() })
+        let now = Instant::now();
+        Ok(Replicator {
+            config,
+            sub,
+            peers: Peers::default(),
+            next_heartbeat: now,
+            dirty: false,
+            next_delta: now,
+            missed: 0,
+            next_want: now,
+        })
     }
 }
 
@@ -139,11 +161,15 @@ impl Tracker {
         view.window.get_or_insert_with(Window::default)
     }
 
-    /// When the loop must wake: the first window to end, or the next heartbeat.
+    /// When the loop must wake: the first window to end, the next heartbeat, or the next
+    /// `delta` when changes wait for it.
     fn next_wake(&self) -> Instant {
         // A quarter heartbeat at most between checks, so a silent peer is noticed soon after
         // its timeout.
-        let check = |r: &Replicator| r.next_heartbeat.min(Instant::now() + r.config.heartbeat / 4);
+        let check = |r: &Replicator| {
+            let beat = r.next_heartbeat.min(Instant::now() + r.config.heartbeat / 4);
+            if r.dirty { beat.min(r.next_delta) } else { beat }
+        };
         let heartbeat = self.replication.as_ref().map(check);
         let window = self.due.first().map(|(at, _)| *at);
         [heartbeat, window]
@@ -222,7 +248,7 @@ pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
         }
         let now = Instant::now();
         tracker.flush_due(now);
-        tracker.replicate(now);
+        tracker.replicate(now, false);
     }
 }
 
@@ -236,11 +262,13 @@ fn handle(tracker: &mut Tracker, msg: Result<Msg, RecvError>) -> bool {
             if let Err(panic) = std::panic::catch_unwind(run) {
                 log::error!("presence call panicked: {}", crate::process::panic_message(&*panic));
             }
+            tracker.changed_locally();
             true
         }
         Ok(Msg::Exited(owner)) => {
             let changes = tracker.state.untrack_owner(owner);
             tracker.record(changes);
+            tracker.changed_locally();
             true
         }
         Ok(Msg::Stop) | Err(RecvError) => false,
@@ -252,8 +280,17 @@ impl Tracker {
         self.state.replica().to_string()
     }
 
-    /// Sends what changed, the heartbeat when due, and drops the peers gone silent.
-    fn replicate(&mut self, now: Instant) {
+    /// A call or an exit may have changed the local state: a `delta` is due within `window`.
+    fn changed_locally(&mut self) {
+        if let Some(r) = self.replication.as_mut() {
+            r.dirty = true;
+        }
+    }
+
+    /// Sends what changed (when its delta is due, or `force`), the heartbeat when due, and
+    /// drops the peers gone silent.
+    fn replicate(&mut self, now: Instant, force: bool) {
+        let window = self.window;
         let Some(r) = self.replication.as_mut() else { return };
         let (heartbeat, timeout) = (r.config.heartbeat, r.config.timeout);
         let beat = now >= r.next_heartbeat;
@@ -261,10 +298,20 @@ impl Tracker {
             r.next_heartbeat = now + heartbeat;
         }
         let down = r.peers.expire(now, timeout);
-        let missed = r.sub.take_dropped();
-        let delta = WireDelta::from(&self.state.take_delta());
-        if !delta.is_empty() {
-            self.send(&Message::Delta { from: self.replica(), delta });
+        r.missed += r.sub.take_dropped();
+        let want = r.missed > 0 && now >= r.next_want;
+        let missed = if want { std::mem::take(&mut r.missed) } else { 0 };
+        if want {
+            r.next_want = now + heartbeat;
+        }
+        // The heartbeat's digest covers every local change, so they go out before it.
+        if force || beat || r.dirty && now >= r.next_delta {
+            r.dirty = false;
+            r.next_delta = now + window;
+            let delta = WireDelta::from(&self.state.take_delta());
+            if !delta.is_empty() {
+                self.send(&Message::Delta { from: self.replica(), delta });
+            }
         }
         if beat {
             let (clock, held) = self.state.digest(self.state.replica());
@@ -275,7 +322,7 @@ impl Tracker {
             let changes = self.state.remove_replica(&replica);
             self.record(changes);
         }
-        if missed > 0 {
+        if want {
             log::warn!(
                 "presence: missed {missed} replication messages; asking every node for its state"
             );
@@ -348,7 +395,7 @@ impl Tracker {
     /// An orderly stop: what changed last, then `bye`, so the others drop us at once.
     fn say_bye(&mut self) {
         if self.replication.is_some() {
-            self.replicate(Instant::now());
+            self.replicate(Instant::now(), true);
             self.send(&Message::Bye { from: self.replica() });
         }
     }
