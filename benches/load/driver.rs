@@ -154,6 +154,8 @@ pub struct ConnStatus {
     pub addr: SocketAddr,
     /// `now_ns` when it was last joined (every topic acknowledged); 0 if never.
     pub joined_at_ns: u64,
+    /// `now_ns` when a joined socket of it was last closed (by the server or the network).
+    pub dropped_at_ns: u64,
     /// Reconnect tries and the ones that failed (refused, closed, timed out before joining).
     pub tries: u64,
     pub failures: u64,
@@ -278,6 +280,7 @@ struct Conn {
     redial: Option<RedialState>,
     ever_joined: bool,
     joined_at_ns: u64,
+    dropped_at_ns: u64,
     /// Counts sockets, so a timer set for an earlier one is ignored.
     generation: u32,
     accept: String,
@@ -503,6 +506,7 @@ impl Driver {
             redial: client.redial.clone().map(RedialState::new),
             ever_joined: false,
             joined_at_ns: 0,
+            dropped_at_ns: 0,
             generation: 0,
             accept: String::new(),
             rbuf: Vec::new(),
@@ -904,6 +908,7 @@ impl Driver {
         match c.state {
             State::Closed | State::Waiting => return,
             State::Joined => {
+                c.dropped_at_ns = now_ns();
                 self.c.dropped.fetch_add(1, Relaxed);
                 *self.samples.errors.entry(format!("dropped: {why}")).or_default() += 1;
             }
@@ -1038,6 +1043,7 @@ impl Conn {
             joined: self.state == State::Joined,
             addr: self.addr,
             joined_at_ns: self.joined_at_ns,
+            dropped_at_ns: self.dropped_at_ns,
             tries: r.map_or(0, |r| r.attempts),
             failures: r.map_or(0, |r| r.failures),
             gave_up: r.is_some_and(|r| r.gave_up),

@@ -48,6 +48,8 @@ const HEADERS: &[&str] = &[
     "p50_ms",
     "p99_ms",
     "max_ms",
+    "closed_p50_ms",
+    "closed_max_ms",
     "not_back",
     "tries",
     "failed_tries",
@@ -246,6 +248,14 @@ fn summarize(run: &Run<'_>, node: usize, m: &Measured, w: &Witnesses) -> Step {
         .collect();
     let not_back = m.moved.len() - back_us.len();
     let l = lat(&mut back_us);
+    let mut closed_us: Vec<u32> = m
+        .moved
+        .iter()
+        .map(|&i| m.after[i].dropped_at_ns)
+        .filter(|&t| t > m.t0_ns)
+        .map(|t| ((t - m.t0_ns) / 1000).min(u32::MAX as u64) as u32)
+        .collect();
+    let closed = lat(&mut closed_us);
     let sum = |f: fn(&ConnStatus) -> u64| -> u64 {
         m.moved.iter().map(|&i| f(&m.after[i]) - f(&m.before[i])).sum()
     };
@@ -290,6 +300,8 @@ fn summarize(run: &Run<'_>, node: usize, m: &Measured, w: &Witnesses) -> Step {
         ms(l.p50),
         ms(l.p99),
         ms(l.max),
+        ms(closed.p50),
+        ms(closed.max),
         not_back.to_string(),
         tries.to_string(),
         failed.to_string(),
