@@ -173,6 +173,10 @@ impl Nodes {
     pub fn restart_in_place(&mut self, i: usize) -> Res<&Server> {
         let ws = self.servers[i].ws;
         self.servers[i].stop();
+        // Keep the stopped process's log (its shutdown) beside the new one.
+        let log = |n: &str| std::path::Path::new(&self.opts.out).join(format!("{n}.log"));
+        let name = format!("{}-node-{i}", self.log_prefix);
+        let _ = std::fs::rename(log(&name), log(&format!("{name}-before-{}", crate::now_ns())));
         let s = self.spawn_with(i, &["--ws-addr".to_string(), ws.to_string()])?;
         self.servers[i] = s;
         Ok(&self.servers[i])

@@ -11,6 +11,7 @@
 //! ones re-tracked; and, for receivers on the nodes that stay up, the broadcasts a publisher
 //! made meanwhile (`--rate` a second) against what each received: gaps must be 0.
 
+mod cpu;
 mod witness;
 
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ const HEADERS: &[&str] = &[
     "received_min",
     "gaps",
     "duplicates",
+    "cpu_s",
 ];
 
 pub fn run(opts: &Opts) -> Res {
@@ -71,7 +73,8 @@ pub fn run(opts: &Opts) -> Res {
     let mut failures = Vec::new();
     for &n in &opts.clients {
         let n = cap(Kind::Phoenix, n + 64).saturating_sub(64);
-        let steps = size(opts, k, n)?;
+        let (steps, broken) = size(opts, k, n)?;
+        failures.extend(broken.map(|e| format!("{n} clients: {e}")));
         for s in steps {
             println!("  {}", s.row.join("  "));
             failures
@@ -101,7 +104,8 @@ struct Run<'a> {
 }
 
 /// PostgreSQL and `k` nodes, `n` clients on node 0, then one step per node (one with --smoke).
-fn size(opts: &Opts, k: usize, n: usize) -> Res<Vec<Step>> {
+/// A step that cannot be measured ends the size; the steps before it are kept.
+fn size(opts: &Opts, k: usize, n: usize) -> Res<(Vec<Step>, Option<String>)> {
     let mut nodes = Nodes::start(opts, k, &format!("reconnect-{n}"))?;
     nodes.wait_peers(Instant::now() + Duration::from_secs(30))?;
     let addrs: Vec<SocketAddr> = (0..k).map(|i| nodes.node(i).ws).collect();
@@ -119,12 +123,19 @@ fn size(opts: &Opts, k: usize, n: usize) -> Res<Vec<Step>> {
     run.fleet.heartbeat(Some(KEEPALIVE));
     let steps = if opts.smoke { 1 } else { k };
     let mut out = Vec::new();
+    let mut broken = None;
     for node in 0..steps {
-        out.push(step(&mut run, &mut nodes, node)?);
+        match step(&mut run, &mut nodes, node) {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                broken = Some(format!("step {}: {e}", node + 1));
+                break;
+            }
+        }
     }
     print_errors(&run.fleet.collect());
     run.fleet.shutdown();
-    Ok(out)
+    Ok((out, broken))
 }
 
 fn room(r: usize) -> String {
@@ -175,6 +186,7 @@ fn step(run: &mut Run<'_>, nodes: &mut Nodes, node: usize) -> Res<Step> {
     crate::pause(Duration::from_secs(1));
     w.view.arm(n, &moved.iter().map(|&i| key(i)).collect::<Vec<_>>());
     let totals = run.fleet.totals();
+    let cpu = cpu::CpuWatch::start(cpu_groups(nodes, node));
     let (t0_ns, t0) = (now_ns(), Instant::now());
     println!("  [{n}] SIGTERM node {node} ({} clients on it)", moved.len());
     nodes.stop(node);
@@ -186,6 +198,8 @@ fn step(run: &mut Run<'_>, nodes: &mut Nodes, node: usize) -> Res<Step> {
         let t = run.fleet.totals();
         (t.rejoined - totals.rejoined + t.gave_up - totals.gave_up) as usize >= moved.len()
     });
+    let cpu_s = cpu.finish();
+    println!("  [{n}] CPU seconds from SIGTERM until every client was back: {cpu_s}");
     let _ = wait_until(Duration::from_secs(30), || {
         w.check_presence();
         w.view.done_ns.load(std::sync::atomic::Ordering::Relaxed) != 0
@@ -195,7 +209,7 @@ fn step(run: &mut Run<'_>, nodes: &mut Nodes, node: usize) -> Res<Step> {
     w.publish(false);
     w.drain(Duration::from_secs(5));
     let after = run.fleet.status();
-    let m = Measured { t0_ns, exit_s, ready_s, moved, before, after };
+    let m = Measured { t0_ns, exit_s, ready_s, moved, before, after, cpu_s };
     let s = summarize(run, node, &m, &w);
     w.stop();
     Ok(s)
@@ -235,6 +249,19 @@ struct Measured {
     moved: Vec<usize>,
     before: Vec<ConnStatus>,
     after: Vec<ConnStatus>,
+    /// CPU seconds per process group from the SIGTERM until every client was back.
+    cpu_s: String,
+}
+
+/// The stopped node, the nodes that stay up, PostgreSQL and this generator.
+fn cpu_groups(nodes: &Nodes, stopped: usize) -> Vec<(String, Vec<u32>)> {
+    let up = (0..nodes.len()).filter(|&i| i != stopped).map(|i| nodes.node(i).pid).collect();
+    vec![
+        ("stopped".into(), vec![nodes.node(stopped).pid]),
+        ("up".into(), up),
+        ("pg".into(), nodes.pg.pids()),
+        ("generator".into(), vec![std::process::id()]),
+    ]
 }
 
 fn summarize(run: &Run<'_>, node: usize, m: &Measured, w: &Witnesses) -> Step {
@@ -314,6 +341,7 @@ fn summarize(run: &Run<'_>, node: usize, m: &Measured, w: &Witnesses) -> Step {
         feed.received_min.to_string(),
         feed.gaps.to_string(),
         feed.duplicates.to_string(),
+        m.cpu_s.clone(),
     ];
     Step { node, row, problems }
 }
