@@ -146,6 +146,11 @@ impl Peers {
         self.last_seen.remove(from).is_some()
     }
 
+    /// True if some peer has been silent for longer than `timeout`.
+    pub fn overdue(&self, now: Instant, timeout: Duration) -> bool {
+        self.last_seen.values().any(|seen| now.saturating_duration_since(*seen) > timeout)
+    }
+
     /// Removes and returns the peers silent for longer than `timeout`.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
         let down: Vec<String> = (self.last_seen.iter())

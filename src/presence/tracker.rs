@@ -243,7 +243,7 @@ pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
             recv(rx) -> msg => if !handle(&mut tracker, msg) {
                 return tracker.say_bye();
             },
-            recv(remote) -> b => if let Ok(b) = b { tracker.receive(&b) },
+            recv(remote) -> b => if let Ok(b) = b { tracker.receive(&b, Instant::now()) },
             default(wait) => {}
         }
         let now = Instant::now();
@@ -291,6 +291,7 @@ impl Tracker {
     /// drops the peers gone silent.
     fn replicate(&mut self, now: Instant, force: bool) {
         let window = self.window;
+        self.catch_up_before_expiry(now);
         let Some(r) = self.replication.as_mut() else { return };
         let (heartbeat, timeout) = (r.config.heartbeat, r.config.timeout);
         let beat = now >= r.next_heartbeat;
@@ -330,8 +331,24 @@ impl Tracker {
         }
     }
 
+    /// A peer looks silent: first take the replication messages already waiting in our
+    /// mailbox (as many as are queued now), since its heartbeat may be among them. A tracker
+    /// busy with a storm falls behind its mailbox, and expiring a peer whose heartbeat merely
+    /// waits there makes every presence of that node leave and then join again (its whole
+    /// state), a storm of its own.
+    fn catch_up_before_expiry(&mut self, now: Instant) {
+        let Some(r) = self.replication.as_ref() else { return };
+        if !r.peers.overdue(now, r.config.timeout) {
+            return;
+        }
+        let queued: Vec<_> = r.sub.rx.try_iter().take(r.sub.rx.len()).collect();
+        for b in &queued {
+            self.receive(b, now);
+        }
+    }
+
     /// One message of another node's tracker (our own come back too, and are skipped).
-    fn receive(&mut self, b: &Broadcast) {
+    fn receive(&mut self, b: &Broadcast, now: Instant) {
         let parsed = match &b.payload {
             Payload::Json(v) => Message::deserialize(v).map_err(|e| e.to_string()),
             Payload::JsonText(t) => serde_json::from_str(t.as_str()).map_err(|e| e.to_string()),
@@ -345,7 +362,7 @@ impl Tracker {
             Err(e) => return log::warn!("presence: unreadable replication message: {e}"),
         };
         let Some(r) = self.replication.as_mut() else { return };
-        if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), Instant::now()) {
+        if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), now) {
             log::info!("presence: replica {} joined; sending it our state", msg.from());
             self.send_state();
         }
@@ -475,7 +492,56 @@ fn raw_json(text: String) -> JsonText {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::presence::state::Limits;
+    use crate::pubsub::PubSubProcess;
+
+    fn heartbeat_of(from: &str) -> Payload {
+        let msg = Message::Heartbeat { from: from.into(), clock: 0, held: 0 };
+        Payload::JsonText(JsonText::encode(&msg).unwrap())
+    }
+
+    /// Found by the `reconnect` bench: trackers busy with a 10,000-client storm expired peers
+    /// whose heartbeats were waiting in their own mailbox, and every presence of those nodes
+    /// left and joined again.
+    #[test]
+    fn a_peer_whose_heartbeat_waits_in_the_mailbox_is_not_expired() {
+        let pubsub = PubSubProcess::start(1024, 512).unwrap();
+        let timeout = Duration::from_millis(150);
+        let config = ReplicationConfig { heartbeat: Duration::from_millis(100), timeout };
+        let replicator = Replicator::start(config, &pubsub.pubsub, 64).unwrap();
+        let limits = Limits { max_meta_bytes: 1024, max_metas_per_key: 8, max_per_topic: 100 };
+        let state = State::new("a".into(), limits);
+        let windows = (Duration::from_millis(50), Duration::from_secs(1));
+        let mut t = Tracker::new(state, windows, pubsub.pubsub.clone(), Some(replicator));
+        let next = |t: &Tracker| {
+            let rx = &t.replication.as_ref().unwrap().sub.rx;
+            rx.recv_timeout(Duration::from_secs(5)).expect("a replication message")
+        };
+        let queued = |t: &Tracker| t.replication.as_ref().unwrap().sub.rx.len();
+        let t0 = Instant::now();
+        pubsub.pubsub.broadcast(REPLICATION_TOPIC, "heartbeat", heartbeat_of("b")).unwrap();
+        let first = next(&t);
+        t.receive(&first, t0);
+        // b's next heartbeat is queued, not yet taken, when its timeout has passed (behind our
+        // own state, which we sent to b, the newcomer, and which comes back to us).
+        pubsub.pubsub.broadcast(REPLICATION_TOPIC, "heartbeat", heartbeat_of("b")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queued(&t) < 2 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(queued(&t), 2);
+        t.replicate(t0 + 4 * timeout, false);
+        assert_eq!(queued(&t), 0, "the waiting heartbeat was taken first");
+        let peers = &mut t.replication.as_mut().unwrap().peers;
+        assert!(!peers.overdue(t0 + 4 * timeout, timeout), "b is alive");
+        // With nothing waiting, a silent peer is expired.
+        t.replicate(t0 + 8 * timeout, false);
+        assert!(!t.replication.as_mut().unwrap().peers.left("b"), "b expired");
+        pubsub.stop();
+    }
 
     #[test]
     fn windows_grow_with_the_topic_up_to_the_cap() {
