@@ -62,6 +62,7 @@ const HEADERS: &[&str] = &[
     "sent",
     "received_min",
     "gaps",
+    "late",
     "duplicates",
     "cpu_s",
 ];
@@ -207,7 +208,7 @@ fn step(run: &mut Run<'_>, nodes: &mut Nodes, node: usize) -> Res<Step> {
     nodes.wait_peers(Instant::now() + Duration::from_secs(30))?;
     crate::pause(Duration::from_secs(1));
     w.publish(false);
-    w.drain(Duration::from_secs(5));
+    w.drain(Duration::from_secs(15));
     let after = run.fleet.status();
     let m = Measured { t0_ns, exit_s, ready_s, moved, before, after, cpu_s };
     let s = summarize(run, node, &m, &w);
@@ -302,8 +303,9 @@ fn summarize(run: &Run<'_>, node: usize, m: &Measured, w: &Witnesses) -> Step {
     if presence_s.is_none() {
         problems.push(format!("presence shows {} of {} members", w.view.members(), run.n));
     }
-    if feed.gaps > 0 || feed.sent == 0 {
-        problems.push(format!("{} of {} broadcasts missing at receivers", feed.gaps, feed.sent));
+    if feed.gaps > 0 || feed.late > 0 || feed.sent == 0 {
+        let (gaps, late, sent) = (feed.gaps, feed.late, feed.sent);
+        problems.push(format!("of {sent} broadcasts, {gaps} lost and {late} late at receivers"));
     }
     let refused = w.feed.refused.load(std::sync::atomic::Ordering::Relaxed);
     if refused > 0 {
@@ -340,6 +342,7 @@ fn summarize(run: &Run<'_>, node: usize, m: &Measured, w: &Witnesses) -> Step {
         feed.sent.to_string(),
         feed.received_min.to_string(),
         feed.gaps.to_string(),
+        feed.late.to_string(),
         feed.duplicates.to_string(),
         m.cpu_s.clone(),
     ];

@@ -53,8 +53,11 @@ pub struct FeedReport {
     pub sent: u64,
     /// The fewest acknowledged broadcasts any receiver got.
     pub received_min: u64,
-    /// Acknowledged sequence numbers missing at a receiver, summed over receivers.
+    /// Acknowledged sequence numbers missing at a receiver below the highest it got (lost:
+    /// later ones arrived), summed over receivers.
     pub gaps: u64,
+    /// Acknowledged ones missing above the highest it got when the wait ended (late or lost).
+    pub late: u64,
     pub duplicates: u64,
 }
 
@@ -65,9 +68,12 @@ impl Feed {
             FeedReport { sent: acked.len() as u64, received_min: u64::MAX, ..Default::default() };
         for got in self.received.lock().iter() {
             let distinct: HashSet<u64> = got.iter().copied().collect();
-            let hits = acked.iter().filter(|s| distinct.contains(s)).count() as u64;
-            r.received_min = r.received_min.min(hits);
-            r.gaps += r.sent - hits;
+            let top = got.iter().copied().max().unwrap_or(0);
+            let missing = acked.iter().filter(|s| !distinct.contains(s));
+            let (holes, tail): (Vec<u64>, Vec<u64>) = missing.partition(|&&s| s < top);
+            r.received_min = r.received_min.min(r.sent - (holes.len() + tail.len()) as u64);
+            r.gaps += holes.len() as u64;
+            r.late += tail.len() as u64;
             r.duplicates += (got.len() - distinct.len()) as u64;
         }
         if r.received_min == u64::MAX {
