@@ -153,6 +153,7 @@ impl Server {
     }
 
     /// SIGKILL, no goodbye (a crashed node).
+    #[allow(dead_code)]
     pub fn kill(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let _ = child.kill();
@@ -304,6 +305,16 @@ fn spawn_and_wait(
             ))
         }
     }
+}
+
+/// A child started elsewhere (the `cluster` generators): stopped with the others on exit.
+pub fn adopt_child(pid: u32) {
+    CHILDREN.lock().unwrap().push(pid);
+}
+
+/// A child that has exited and been reaped: its pid may be reused, so no signals to it.
+pub fn forget_child(pid: u32) {
+    CHILDREN.lock().unwrap().retain(|&p| p != pid);
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -458,13 +469,29 @@ pub fn threads_needed(conns: usize) -> u64 {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, checks (as root: raises) the kernel
 /// limits on threads, and returns the largest connection count this machine can hold.
 pub fn prepare_limits(want_conns: usize, threads_per_conn: bool) -> usize {
-    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let mut max_conns = (nofile as usize).saturating_sub(64);
-    println!("limits: RLIMIT_NOFILE soft = {nofile} (the server inherits it)");
+    let nofile = raise_nofile();
+    let max_conns = (nofile as usize).saturating_sub(64);
     if !threads_per_conn {
         return want_conns.min(max_conns);
     }
-    let need = threads_needed(want_conns);
+    let max_conns = max_conns.min(raise_thread_limits(threads_needed(want_conns)));
+    if max_conns < want_conns {
+        println!("limits: capping connections at {max_conns} (wanted {want_conns})");
+    }
+    want_conns.min(max_conns)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (children inherit it) and returns it.
+pub fn raise_nofile() -> u64 {
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    println!("limits: RLIMIT_NOFILE soft = {nofile} (the server inherits it)");
+    nofile
+}
+
+/// Checks (as root: raises) the kernel limits for `need` more threads, printing what it did;
+/// returns how many connections (at two threads each) the limits it could not raise allow.
+pub fn raise_thread_limits(need: u64) -> usize {
+    let mut max_conns = usize::MAX;
     let used = count_threads();
     let root = is_root();
     let wanted = [
@@ -498,10 +525,7 @@ pub fn prepare_limits(want_conns: usize, threads_per_conn: bool) -> usize {
         println!("limits: cgroup pids.max = {pids_max}");
         max_conns = max_conns.min((pids_max.saturating_sub(used + 500) / 3) as usize);
     }
-    if max_conns < want_conns {
-        println!("limits: capping connections at {max_conns} (wanted {want_conns})");
-    }
-    want_conns.min(max_conns)
+    max_conns
 }
 
 fn count_threads() -> u64 {
