@@ -208,6 +208,18 @@ impl Nodes {
     }
 }
 
+impl Drop for Nodes {
+    /// Every node at once (each may take seconds to close its clients), then PostgreSQL.
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.terminate();
+        }
+        for s in &mut self.servers {
+            s.stop();
+        }
+    }
+}
+
 pub fn node_name(i: usize) -> String {
     format!("node-{i}")
 }

@@ -57,8 +57,10 @@ options:
   --probe-rate N        cluster: cross-node broadcasts/s for the latency probe (default 200)
   --probe-secs SECS     cluster: its duration (default 30)
   --ceiling LIST        cluster: cross-node broadcast rates to step through until delivery
-                        falls behind (default 500,1k,2k,5k,10k,20k)
+                        falls behind (default 500,1k,2k,5k,10k,20k,50k,100k)
   --step-secs SECS      cluster: each ceiling step (default 5)
+  --node-arg ARG        cluster: append ARG to every node's command line (repeat for more,
+                        e.g. --node-arg --cluster-node-timeout-ms --node-arg 10000)
 ";
 
 #[derive(Clone, Debug)]
@@ -104,6 +106,7 @@ pub struct ClusterOpts {
     pub probe: Duration,
     pub ceiling: Vec<usize>,
     pub step: Duration,
+    pub node_args: Vec<String>,
 }
 
 impl Default for ClusterOpts {
@@ -117,8 +120,9 @@ impl Default for ClusterOpts {
             rounds: None,
             probe_rate: 200.0,
             probe: Duration::from_secs(30),
-            ceiling: vec![500, 1000, 2000, 5000, 10_000, 20_000],
+            ceiling: vec![500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000],
             step: Duration::from_secs(5),
+            node_args: Vec::new(),
         }
     }
 }
@@ -201,6 +205,7 @@ impl Opts {
                 "--probe-secs" => o.cluster.probe = secs(&val(&a)?)?,
                 "--ceiling" => o.cluster.ceiling = list(&val(&a)?)?,
                 "--step-secs" => o.cluster.step = secs(&val(&a)?)?,
+                "--node-arg" => o.cluster.node_args.push(val(&a)?),
                 s if s.starts_with('-') => return Err(format!("unknown option {s}")),
                 s if o.scenario.is_empty() => o.scenario = s.to_string(),
                 s => return Err(format!("unexpected argument {s}")),

@@ -161,6 +161,13 @@ impl Server {
         CHILDREN.lock().unwrap().retain(|&p| p != child.id());
     }
 
+    /// SIGTERM without waiting (`stop` waits), so several servers shut down at once.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "TERM");
+        }
+    }
+
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         signal(child.id(), "TERM");
@@ -395,12 +402,21 @@ pub struct ProcStat {
 }
 
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_stat_at(&format!("/proc/{pid}"))
+}
+
+/// One thread's reading (`/proc/<pid>/task/<tid>`: `/proc/<tid>` would be the whole process).
+pub fn thread_stat(pid: u32, tid: u32) -> Option<ProcStat> {
+    proc_stat_at(&format!("/proc/{pid}/task/{tid}"))
+}
+
+fn proc_stat_at(dir: &str) -> Option<ProcStat> {
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
     let kv = |k: &str| -> Option<u64> {
         let l = status.lines().find(|l| l.starts_with(k))?;
         l[k.len()..].split_whitespace().next()?.parse().ok()
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     // Fields after the ")" of comm: state is field 3, utime 14, stime 15 (1-based).
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
@@ -409,6 +425,23 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
         threads: kv("Threads:").unwrap_or(0),
         cpu_s: ticks as f64 / clk_tck() as f64,
     })
+}
+
+/// CPU seconds the whole machine has spent busy (not idle, not waiting for I/O), all cores.
+pub fn machine_busy_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // Guest time is already counted in user time.
+    let total: u64 = ticks.iter().take(8).sum();
+    (total - idle) as f64 / clk_tck() as f64
 }
 
 fn clk_tck() -> u64 {

@@ -118,15 +118,24 @@ fn held_phases(opts: &Opts, summary: &mut Table) -> Res {
         "K-1 each".into(),
         met(all),
     ]);
+    let (down, silent) = flaps(&opts.out, "cluster", c.nodes);
+    let v = format!("{down} 'node is down' and {silent} 'replica silent' log lines over all nodes");
+    summary.row(vec!["live nodes taken for dead".into(), v, "0".into(), met(down + silent == 0)]);
     Ok(())
+}
+
+/// Times a node took another, live one for dead (membership, and Presence's replicas), from
+/// the nodes' logs: no node stops during the held phases, so every one is false.
+fn flaps(out: &str, prefix: &str, k: usize) -> (usize, usize) {
+    let logs = (0..k).map(|i| std::fs::read_to_string(format!("{out}/{prefix}-node-{i}.log")));
+    let logs: Vec<String> = logs.map(Result::unwrap_or_default).collect();
+    let count = |what: &str| logs.iter().map(|l| l.matches(what).count()).sum::<usize>();
+    (count("is down (silent for"), count("; its presences leave"))
 }
 
 fn start(opts: &Opts) -> Res<Held> {
     let c = &opts.cluster;
-    // Probes and ceilings push hundreds to thousands of messages a second from a few clients:
-    // the per-connection budget (100/s) is for real users.
-    let nodes = Nodes::start_with(opts, c.nodes, "cluster", &["--messages-per-sec", "0"])?;
-    let mut nodes = nodes;
+    let mut nodes = Nodes::start_with(opts, c.nodes, "cluster", &node_args(c, &[]))?;
     nodes.wait_peers(Instant::now() + Duration::from_secs(60))?;
     let idle =
         (0..c.nodes).map(|i| target::proc_stat(nodes.node(i).pid).unwrap_or_default()).collect();
@@ -144,6 +153,16 @@ fn start(opts: &Opts) -> Res<Held> {
         hb_rtt_us: Vec::new(),
     };
     Ok(h)
+}
+
+/// What every node gets besides `--cluster`: no per-client message budget (probes and
+/// ceilings push thousands a second from a few clients; the budget is for real users), then
+/// `extra`, then `--node-arg`s.
+pub fn node_args<'a>(c: &'a ClusterOpts, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--messages-per-sec", "0"];
+    args.extend(extra);
+    args.extend(c.node_args.iter().map(String::as_str));
+    args
 }
 
 /// Clients per generator: `total` split as evenly as it goes.
@@ -375,6 +394,7 @@ fn fan_out(h: &mut Held, rounds: usize, summary: &mut Table) -> Res {
             std::thread::sleep(Duration::from_millis(10));
         }
         round_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        println!("  fan-out round {r}: {:.0} ms", round_ms.last().unwrap());
     }
     let seqs = FANOUT_SEQ0..FANOUT_SEQ0 + rounds as u64;
     let mut us = latencies(collect_all(h)?, |g| g < usize::MAX, &seqs);
@@ -433,6 +453,7 @@ fn probe(h: &mut Held, c: &ClusterOpts, summary: &mut Table) -> Res {
     while h.gens.sum(remote)?.delivered < before + want && t0.elapsed() < ROUND_TIMEOUT {
         std::thread::sleep(Duration::from_millis(10));
     }
+    println!("  probe: {sent} broadcasts sent at {rate}/s");
     let mut us = latencies(collect_all(h)?, remote, &(PROBE_SEQ0..PROBE_SEQ0 + sent));
     let l: Lat = lat(&mut us);
     let lost = want.saturating_sub(l.n as u64);

@@ -20,6 +20,7 @@ use crate::generator::{Gens, SHORT};
 use crate::opts::Opts;
 use crate::report::{Table, lat, ms};
 use crate::scenarios::Res;
+use crate::target;
 
 const SEQ0: u64 = 1 << 26;
 /// A step falls behind when the other nodes get fewer than this share of what was offered.
@@ -44,6 +45,7 @@ const HEADERS: &[&str] = &[
     "other_nodes_cores",
     "listen_thread_cores_per_node",
     "gens_cores",
+    "machine_busy_cores",
     "wal_syncs_per_s",
     "queue_usage",
     "behind",
@@ -68,8 +70,9 @@ pub fn run(opts: &Opts, summary: &mut Table) -> Res {
 struct Backends {
     relay: Vec<u32>,
     listen: Vec<u32>,
-    relay_thread: Option<u32>,
-    listen_threads: Vec<u32>,
+    /// (pid, tid) of each.
+    relay_thread: Option<(u32, u32)>,
+    listen_threads: Vec<(u32, u32)>,
 }
 
 /// One cluster: start, step up, stop.
@@ -77,11 +80,9 @@ fn one(opts: &Opts, batch: Option<u32>, t: &mut Table, summary: &mut Table) -> R
     let c = &opts.cluster;
     let label = batch.map_or("default".to_string(), |b| format!("{b}ms"));
     let b = batch.map(|b| b.to_string());
-    let mut extra = vec!["--messages-per-sec", "0"];
-    if let Some(b) = &b {
-        extra.extend(["--cluster-batch-ms", b]);
-    }
-    let mut nodes = Nodes::start_with(opts, c.nodes, &format!("cluster-ceiling-{label}"), &extra)?;
+    let extra = b.as_deref().map_or(vec![], |b| vec!["--cluster-batch-ms", b]);
+    let args = super::node_args(c, &extra);
+    let mut nodes = Nodes::start_with(opts, c.nodes, &format!("cluster-ceiling-{label}"), &args)?;
     nodes.wait_peers(Instant::now() + Duration::from_secs(60))?;
     let addrs: Vec<_> = (0..c.nodes).map(|i| nodes.node(i).ws).collect();
     let mut gens = Gens::start(opts, &addrs, c.nodes, &format!("cluster-ceiling-{label}"))?;
@@ -107,7 +108,10 @@ fn one(opts: &Opts, batch: Option<u32>, t: &mut Table, summary: &mut Table) -> R
         best = best.max(delivered);
     }
     let v = match reached {
-        Some(r) => format!("kept up to {best:.0}/s on every other node; fell behind at {r}/s"),
+        Some(r) if best > 0.0 => {
+            format!("kept up to {best:.0}/s on every other node; fell behind at {r}/s")
+        }
+        Some(r) => format!("fell behind at the first step, {r}/s"),
         None => format!("kept up at every step ({best:.0}/s); the ceiling is higher"),
     };
     summary.row(vec![
@@ -149,6 +153,7 @@ struct Cpu {
     others: f64,
     listen_threads: f64,
     gens: f64,
+    machine: f64,
     wal_syncs: f64,
 }
 
@@ -202,6 +207,7 @@ impl Step<'_> {
             cores(|c| c.others),
             format!("{:.2}", (cpu1.listen_threads - cpu0.listen_threads) / dt / others as f64),
             cores(|c| c.gens),
+            cores(|c| c.machine),
             format!("{:.0}", (cpu1.wal_syncs - cpu0.wal_syncs) / dt),
             format!("{usage:.4}"),
             if behind { "yes" } else { "no" }.into(),
@@ -220,10 +226,11 @@ impl Step<'_> {
             relay_backend: busiest_relay,
             listen_backends: cpu_of(&b.listen),
             node0: cpu_of(&[n.node(0).pid]),
-            relay_thread: b.relay_thread.map_or(0.0, |t| cpu_of(&[t])),
+            relay_thread: b.relay_thread.map_or(0.0, threads_cpu),
             others: cpu_of(&others),
-            listen_threads: cpu_of(&b.listen_threads),
+            listen_threads: b.listen_threads.iter().copied().map(threads_cpu).sum(),
             gens: cpu_of(&self.gens.gens.iter().map(|g| g.pid).collect::<Vec<_>>()),
+            machine: target::machine_busy_s(),
             wal_syncs: wal_syncs(n)?,
         })
     }
@@ -262,11 +269,16 @@ fn wal_syncs(nodes: &Nodes) -> Res<f64> {
     row.map(|r| r.get(0)).map_err(|e| e.to_string())
 }
 
-/// The thread of `pid` called `name` (its tid: /proc/<tid>/stat reads that thread alone).
-fn thread_named(pid: u32, name: &str) -> Option<u32> {
+/// The thread of `pid` called `name`, as (pid, tid).
+fn thread_named(pid: u32, name: &str) -> Option<(u32, u32)> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|tid| {
+    let tid = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|tid| {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"));
         comm.is_ok_and(|c| c.trim() == name)
-    })
+    });
+    tid.map(|tid| (pid, tid))
+}
+
+fn threads_cpu((pid, tid): (u32, u32)) -> f64 {
+    target::thread_stat(pid, tid).map_or(0.0, |s| s.cpu_s)
 }
