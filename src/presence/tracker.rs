@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvError};
 use serde::Deserialize;
 
-use super::replication::{Message, Peers, REPLICATION_TOPIC, ReplicationConfig, WireDelta};
+use super::replication::{Message, Peers, REPLICATION_TOPIC, ReplicationConfig, Wants, WireDelta};
 use super::state::{Changes, Presence, State};
 use crate::protocol::{JsonText, Payload};
 use crate::pubsub::{Broadcast, PubSub, Subscription};
@@ -81,6 +81,9 @@ pub(crate) struct Replicator {
     sub: Subscription,
     peers: Peers,
     next_heartbeat: Instant,
+    wants: Wants,
+    /// Replication messages our mailbox had no room for since we last asked for states.
+    missed: u64,
 }
 
 impl Replicator {
@@ -91,7 +94,8 @@ impl Replicator {
         capacity: usize,
     ) -> Result<Replicator, crate::pubsub::PubSubError> {
         let sub = pubsub.subscribe(REPLICATION_TOPIC, capacity)?;
-        Ok(Replicator { config, sub, peers: Peers::default(), next_heartbeat: Instant::now() })
+        let (peers, wants) = (Peers::default(), Wants::default());
+        Ok(Replicator { config, sub, peers, next_heartbeat: Instant::now(), wants, missed: 0 })
     }
 }
 
@@ -262,6 +266,12 @@ impl Tracker {
         }
         let down = r.peers.expire(now, timeout);
         let missed = r.sub.take_dropped();
+        if missed > 0 {
+            r.missed += missed;
+            r.wants.ask("*");
+        }
+        let (ask, give) = r.wants.due(now, heartbeat);
+        let missed = if ask.is_some() { std::mem::take(&mut r.missed) } else { 0 };
         let delta = WireDelta::from(&self.state.take_delta());
         if !delta.is_empty() {
             self.send(&Message::Delta { from: self.replica(), delta });
@@ -275,11 +285,21 @@ impl Tracker {
             let changes = self.state.remove_replica(&replica);
             self.record(changes);
         }
-        if missed > 0 {
-            log::warn!(
-                "presence: missed {missed} replication messages; asking every node for its state"
-            );
-            self.send(&Message::Want { from: self.replica(), to: "*".into() });
+        if let Some(to) = ask {
+            if missed > 0 {
+                log::warn!("presence: missed {missed} replication messages; asking for states");
+            }
+            self.send(&Message::Want { from: self.replica(), to });
+        }
+        if give {
+            self.send_state();
+        }
+    }
+
+    /// Asks `to` for its whole state (coalesced: `Wants`).
+    fn want(&mut self, to: &str) {
+        if let Some(r) = self.replication.as_mut() {
+            r.wants.ask(to);
         }
     }
 
@@ -300,7 +320,7 @@ impl Tracker {
         let Some(r) = self.replication.as_mut() else { return };
         if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), Instant::now()) {
             log::info!("presence: replica {} joined; sending it our state", msg.from());
-            self.send_state();
+            r.wants.give();
         }
         self.apply(msg);
     }
@@ -316,17 +336,19 @@ impl Tracker {
                     None => {
                         // Catch up instead of diverging: ask the sender for its whole state.
                         log::warn!("presence: unreadable delta from {from}; asking for its state");
-                        self.send(&Message::Want { from: self.replica(), to: from });
+                        self.want(&from);
                     }
                 }
             }
             Message::Heartbeat { from, clock, held } => {
                 if self.state.digest(&from) != (clock, held) {
-                    self.send(&Message::Want { from: self.replica(), to: from });
+                    self.want(&from);
                 }
             }
             Message::Want { to, .. } if to == "*" || *to == **self.state.replica() => {
-                self.send_state()
+                if let Some(r) = self.replication.as_mut() {
+                    r.wants.give();
+                }
             }
             Message::Want { .. } => {}
             Message::Bye { from } => {
