@@ -329,6 +329,7 @@ impl Gens {
             if done {
                 return Ok(t);
             }
+            crate::target::check_memory()?;
             if t0.elapsed() > timeout {
                 return Err(format!(
                     "{label}: {} of {want} joined or failed after {timeout:?}",

@@ -465,6 +465,20 @@ pub fn mem_available_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Below this much `MemAvailable` a run stops rather than wake the OOM killer on a shared
+/// machine.
+const MIN_AVAILABLE_KIB: u64 = 1536 * 1024;
+
+/// An error once the machine is nearly out of memory.
+pub fn check_memory() -> Result<(), String> {
+    match mem_available_kib() {
+        kib if kib < MIN_AVAILABLE_KIB => {
+            Err(format!("only {} MiB of memory left; stopping the run", kib / 1024))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `ListenOverflows` + `ListenDrops` from /proc/net/netstat: SYNs dropped because a listen
 /// backlog was full (each costs the client a 1 s retransmit).
 pub fn listen_drops() -> u64 {

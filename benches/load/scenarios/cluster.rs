@@ -271,6 +271,7 @@ fn hold_for(h: &mut Held, hold: Duration, table: &mut Table, at_ramp: Totals) ->
         std::thread::sleep(
             every.min(hold.saturating_sub(t0.elapsed())).max(Duration::from_millis(100)),
         );
+        target::check_memory()?;
         for i in 0..h.nodes.len() {
             if !h.nodes.alive(i) {
                 return Err(format!("node-{i} exited during the hold"));
