@@ -78,7 +78,9 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// K nodes on one `Pg`. Node `i` is named `node-<i>`; a stopped or killed node keeps its
+/// K nodes on one `Pg`. `start`, `stop`, `kill` and `restart` are for the `reconnect`
+/// scenario (rolling restarts); `cluster` only starts them.
+/// Node `i` is named `node-<i>`; a stopped or killed node keeps its
 /// slot (its `Server` is no longer `alive`) until `restart`.
 pub struct Nodes {
     // Field order: the nodes stop before PostgreSQL does.
@@ -93,6 +95,7 @@ impl Nodes {
     /// PostgreSQL, then `k` nodes started one after the other (each migrates the database on
     /// start; in turn, they need not race for it). Does not wait for them to see each other:
     /// `wait_peers` does.
+    #[allow(dead_code)]
     pub fn start(opts: &Opts, k: usize, log_prefix: &str) -> Res<Nodes> {
         Nodes::start_with(opts, k, log_prefix, &[])
     }
@@ -143,23 +146,31 @@ impl Nodes {
         &self.servers[i]
     }
 
+    /// Node `i` still runs.
+    pub fn alive(&mut self, i: usize) -> bool {
+        self.servers[i].alive()
+    }
+
     /// Node `i`'s REST address.
     pub fn http(&self, i: usize) -> SocketAddr {
         self.servers[i].http.expect("a phx-threads node has an http address")
     }
 
     /// SIGTERM (an orderly shutdown: the node says `bye`), waiting at most 15 s, then SIGKILL.
+    #[allow(dead_code)]
     pub fn stop(&mut self, i: usize) {
         self.servers[i].stop();
     }
 
     /// SIGKILL: the others find out by its missed heartbeats.
+    #[allow(dead_code)]
     pub fn kill(&mut self, i: usize) {
         self.servers[i].kill();
     }
 
     /// Starts node `i` again under the same name (stopping it first if it still runs). It
     /// listens on new ports: read them from `node(i)` afterwards.
+    #[allow(dead_code)]
     pub fn restart(&mut self, i: usize) -> Res<&Server> {
         self.servers[i].stop();
         let s = self.spawn(i)?;
@@ -214,6 +225,18 @@ impl Nodes {
         let res = crate::scrape::get(self.http(i), "/cluster").map_err(|e| e.to_string())?;
         let body = res.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         serde_json::from_str(body).map_err(|e| format!("GET /cluster: {e}: {body:?}"))
+    }
+}
+
+impl Drop for Nodes {
+    /// Every node at once (each may take seconds to close its clients), then PostgreSQL.
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.terminate();
+        }
+        for s in &mut self.servers {
+            s.stop();
+        }
     }
 }
 

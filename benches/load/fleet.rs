@@ -16,7 +16,7 @@ pub struct Fleet {
 }
 
 /// Sum of all drivers' counters.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub joined: u64,
     pub failed: u64,
@@ -31,6 +31,20 @@ pub struct Totals {
     pub redial_failed: u64,
     pub rejoined: u64,
     pub gave_up: u64,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, t: Totals) {
+        self.joined += t.joined;
+        self.failed += t.failed;
+        self.dropped += t.dropped;
+        self.hb_sent += t.hb_sent;
+        self.hb_replies += t.hb_replies;
+        self.hb_skipped += t.hb_skipped;
+        self.delivered += t.delivered;
+        self.pushes += t.pushes;
+        self.push_replies += t.push_replies;
+    }
 }
 
 /// Result of opening connections.
@@ -49,7 +63,8 @@ impl Fleet {
         Fleet::to(Target { proto, addr: server.ws, path: server.path.clone() }, threads, inflight)
     }
 
-    /// A fleet whose connections open to `target` (redialling ones may move elsewhere).
+    /// A fleet whose connections open to `target` (a server this process did not start: the
+    /// `cluster` generators; redialling connections may move elsewhere: `reconnect`).
     pub fn to(target: Target, threads: usize, inflight: usize) -> Fleet {
         let per = inflight.div_ceil(threads);
         let drivers = (0..threads).map(|i| driver::spawn(i, target.clone(), per)).collect();

@@ -11,8 +11,7 @@
 //! Replication (with `--cluster`): local changes go to the other trackers as one `delta` per
 //! `window` at most (and always before a heartbeat, whose digest must cover them), not one per
 //! change: a join storm of 10,000 made 10,000 replication messages, which the other trackers'
-//! mailboxes dropped, and each drop asked every node for its whole state. That request is sent
-//! at most once per heartbeat for however many drops.
+//! mailboxes dropped (requests for whole states are coalesced too: `Wants`).
 //! **Invariant:** the `presence_state` handed to joiners is the topic as of the last diff sent
 //! (its "published view"), never the live state. A joiner asks for it only after its
 //! subscription was queued at the registry, and every later diff is broadcast after that, so
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvError};
 use serde::Deserialize;
 
-use super::replication::{Message, Peers, REPLICATION_TOPIC, ReplicationConfig, WireDelta};
+use super::replication::{Message, Peers, REPLICATION_TOPIC, ReplicationConfig, Wants, WireDelta};
 use super::state::{Changes, Presence, State};
 use crate::protocol::{JsonText, Payload};
 use crate::pubsub::{Broadcast, PubSub, Subscription};
@@ -86,13 +85,12 @@ pub(crate) struct Replicator {
     sub: Subscription,
     peers: Peers,
     next_heartbeat: Instant,
+    wants: Wants,
+    /// Replication messages our mailbox had no room for since we last asked for states.
+    missed: u64,
     /// Local changes not yet sent as a `delta`, and when the next one may go.
     dirty: bool,
     next_delta: Instant,
-    /// Replication messages our mailbox dropped since the last `want`, and when the next
-    /// `want` may go.
-    missed: u64,
-    next_want: Instant,
 }
 
 impl Replicator {
@@ -103,16 +101,16 @@ impl Replicator {
         capacity: usize,
     ) -> Result<Replicator, crate::pubsub::PubSubError> {
         let sub = pubsub.subscribe(REPLICATION_TOPIC, capacity)?;
-        let now = Instant::now();
+        let (peers, wants, now) = (Peers::default(), Wants::default(), Instant::now());
         Ok(Replicator {
             config,
             sub,
-            peers: Peers::default(),
+            peers,
             next_heartbeat: now,
+            wants,
+            missed: 0,
             dirty: false,
             next_delta: now,
-            missed: 0,
-            next_want: now,
         })
     }
 }
@@ -161,11 +159,10 @@ impl Tracker {
         view.window.get_or_insert_with(Window::default)
     }
 
-    /// When the loop must wake: the first window to end, the next heartbeat, or the next
-    /// `delta` when changes wait for it.
+    /// When the loop must wake: the first window to end, or the next heartbeat.
     fn next_wake(&self) -> Instant {
         // A quarter heartbeat at most between checks, so a silent peer is noticed soon after
-        // its timeout.
+        // its timeout; and the next `delta` when changes wait for it.
         let check = |r: &Replicator| {
             let beat = r.next_heartbeat.min(Instant::now() + r.config.heartbeat / 4);
             if r.dirty { beat.min(r.next_delta) } else { beat }
@@ -299,12 +296,13 @@ impl Tracker {
             r.next_heartbeat = now + heartbeat;
         }
         let down = r.peers.expire(now, timeout);
-        r.missed += r.sub.take_dropped();
-        let want = r.missed > 0 && now >= r.next_want;
-        let missed = if want { std::mem::take(&mut r.missed) } else { 0 };
-        if want {
-            r.next_want = now + heartbeat;
+        let missed = r.sub.take_dropped();
+        if missed > 0 {
+            r.missed += missed;
+            r.wants.ask("*");
         }
+        let (ask, give) = r.wants.due(now, heartbeat);
+        let missed = if ask.is_some() { std::mem::take(&mut r.missed) } else { 0 };
         // The heartbeat's digest covers every local change, so they go out before it.
         if force || beat || r.dirty && now >= r.next_delta {
             r.dirty = false;
@@ -323,11 +321,21 @@ impl Tracker {
             let changes = self.state.remove_replica(&replica);
             self.record(changes);
         }
-        if want {
-            log::warn!(
-                "presence: missed {missed} replication messages; asking every node for its state"
-            );
-            self.send(&Message::Want { from: self.replica(), to: "*".into() });
+        if let Some(to) = ask {
+            if missed > 0 {
+                log::warn!("presence: missed {missed} replication messages; asking for states");
+            }
+            self.send(&Message::Want { from: self.replica(), to });
+        }
+        if give {
+            self.send_state();
+        }
+    }
+
+    /// Asks `to` for its whole state (coalesced: `Wants`).
+    fn want(&mut self, to: &str) {
+        if let Some(r) = self.replication.as_mut() {
+            r.wants.ask(to);
         }
     }
 
@@ -364,7 +372,7 @@ impl Tracker {
         let Some(r) = self.replication.as_mut() else { return };
         if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), now) {
             log::info!("presence: replica {} joined; sending it our state", msg.from());
-            self.send_state();
+            r.wants.give();
         }
         self.apply(msg);
     }
@@ -380,17 +388,19 @@ impl Tracker {
                     None => {
                         // Catch up instead of diverging: ask the sender for its whole state.
                         log::warn!("presence: unreadable delta from {from}; asking for its state");
-                        self.send(&Message::Want { from: self.replica(), to: from });
+                        self.want(&from);
                     }
                 }
             }
             Message::Heartbeat { from, clock, held } => {
                 if self.state.digest(&from) != (clock, held) {
-                    self.send(&Message::Want { from: self.replica(), to: from });
+                    self.want(&from);
                 }
             }
             Message::Want { to, .. } if to == "*" || *to == **self.state.replica() => {
-                self.send_state()
+                if let Some(r) = self.replication.as_mut() {
+                    r.wants.give();
+                }
             }
             Message::Want { .. } => {}
             Message::Bye { from } => {
@@ -525,18 +535,16 @@ mod tests {
         pubsub.pubsub.broadcast(REPLICATION_TOPIC, "heartbeat", heartbeat_of("b")).unwrap();
         let first = next(&t);
         t.receive(&first, t0);
-        // b's next heartbeat is queued, not yet taken, when its timeout has passed (behind our
-        // own state, which we sent to b, the newcomer, and which comes back to us).
+        // b's next heartbeat is queued, not yet taken, when its timeout has passed.
         pubsub.pubsub.broadcast(REPLICATION_TOPIC, "heartbeat", heartbeat_of("b")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while queued(&t) < 2 && Instant::now() < deadline {
+        while queued(&t) == 0 && Instant::now() < deadline {
             std::thread::yield_now();
         }
-        assert_eq!(queued(&t), 2);
+        assert_eq!(queued(&t), 1);
         t.replicate(t0 + 4 * timeout, false);
-        assert_eq!(queued(&t), 0, "the waiting heartbeat was taken first");
         let peers = &mut t.replication.as_mut().unwrap().peers;
-        assert!(!peers.overdue(t0 + 4 * timeout, timeout), "b is alive");
+        assert!(!peers.seen("b", t0 + 4 * timeout), "b is still known: its heartbeat counted");
         // With nothing waiting, a silent peer is expired.
         t.replicate(t0 + 8 * timeout, false);
         assert!(!t.replication.as_mut().unwrap().peers.left("b"), "b expired");
