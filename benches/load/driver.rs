@@ -6,11 +6,12 @@
 //! `mio::Waker`; drivers report progress through atomic `Counters` and hand over their latency
 //! samples on `Cmd::Collect`.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -23,6 +24,47 @@ use crate::wire::{self, HandshakeReply, Incoming, Kind, Proto};
 const WAKER: Token = Token(usize::MAX);
 /// A connection not joined this long after its `connect()` counts as failed.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A reconnect try not joined this long is abandoned and the next one scheduled: phoenix.js's
+/// default push timeout (`DEFAULT_TIMEOUT`), after which its join push times out.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// phoenix.js's default `reconnectAfterMs(tries)` (phoenix 1.8 `socket.js`): the delay before
+/// reconnect try `tries` (1-based). Its timer counts tries from the close and is reset when a
+/// connection opens (`onConnOpen`), not when the channels are joined.
+pub fn reconnect_after(tries: u32) -> Duration {
+    const MS: [u64; 9] = [10, 50, 100, 150, 200, 250, 500, 1000, 2000];
+    Duration::from_millis(MS.get(tries.saturating_sub(1) as usize).copied().unwrap_or(5000))
+}
+
+/// phoenix.js's default `rejoinAfterMs(tries)`: the delay before a refused join is retried on
+/// the same socket.
+pub fn rejoin_after(tries: u32) -> Duration {
+    const MS: [u64; 3] = [1000, 2000, 5000];
+    Duration::from_millis(MS.get(tries.saturating_sub(1) as usize).copied().unwrap_or(10_000))
+}
+
+/// Opt-in phoenix.js behaviour after the server closes a joined connection: reconnect with
+/// `reconnect_after`, each try to the next address of `addrs` (one counter for every client
+/// sharing this value, like a round-robin load balancer in front of the nodes), and rejoin every
+/// topic as soon as the socket opens. Bounded: an outage ends in `gave up` after `max_tries`
+/// tries or `give_up_after`, whichever comes first.
+pub struct Redial {
+    pub addrs: Vec<SocketAddr>,
+    next: AtomicUsize,
+    pub max_tries: u32,
+    pub give_up_after: Duration,
+}
+
+impl Redial {
+    pub fn new(addrs: Vec<SocketAddr>, max_tries: u32, give_up_after: Duration) -> Redial {
+        assert!(!addrs.is_empty(), "a load balancer needs an address");
+        Redial { addrs, next: AtomicUsize::new(0), max_tries, give_up_after }
+    }
+
+    fn next_addr(&self) -> SocketAddr {
+        self.addrs[self.next.fetch_add(1, Relaxed) % self.addrs.len()]
+    }
+}
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -86,8 +128,45 @@ pub struct ConnSpec {
     pub record: bool,
 }
 
+/// A connection with more than a `ConnSpec` says: several topics, connect params, and
+/// reconnecting like phoenix.js.
+#[derive(Clone)]
+pub struct Client {
+    pub spec: ConnSpec,
+    /// Topics joined (and rejoined) besides `spec.topic`, all at once.
+    pub extra_topics: Vec<Arc<str>>,
+    /// Connect params appended to the path, e.g. `user_id=u17`.
+    pub params: Option<Arc<str>>,
+    pub redial: Option<Arc<Redial>>,
+}
+
+impl From<ConnSpec> for Client {
+    fn from(spec: ConnSpec) -> Client {
+        Client { spec, extra_topics: Vec::new(), params: None, redial: None }
+    }
+}
+
+/// Where a connection stands, for the coordinator (`Cmd::Status`).
+#[derive(Clone, Debug)]
+pub struct ConnStatus {
+    pub joined: bool,
+    /// The address of the current (or last) try.
+    pub addr: SocketAddr,
+    /// `now_ns` when it was last joined (every topic acknowledged); 0 if never.
+    pub joined_at_ns: u64,
+    /// `now_ns` when a joined socket of it was last closed (by the server or the network).
+    pub dropped_at_ns: u64,
+    /// Reconnect tries and the ones that failed (refused, closed, timed out before joining).
+    pub tries: u64,
+    pub failures: u64,
+    /// The outage outlasted the redial bounds; the connection is closed for good.
+    pub gave_up: bool,
+}
+
 pub enum Cmd {
     Connect(Vec<ConnSpec>),
+    Clients(Vec<Client>),
+    Status(Sender<Vec<ConnStatus>>),
     /// Every joined connection sends a heartbeat each `interval` (staggered); `None` stops.
     Heartbeat(Option<Duration>),
     /// Send a `new_msg` whose body carries `seq` and the send time, from connection `local`.
@@ -124,6 +203,11 @@ pub struct Counters {
     pub delivered: AtomicU64,
     pub pushes: AtomicU64,
     pub push_replies: AtomicU64,
+    /// Redialling connections: tries, failed tries, rejoins completed, outages given up.
+    pub redials: AtomicU64,
+    pub redial_failed: AtomicU64,
+    pub rejoined: AtomicU64,
+    pub gave_up: AtomicU64,
 }
 
 /// Samples since the previous `Collect`.
@@ -151,20 +235,59 @@ enum State {
     SioOpening,
     Joining,
     Joined,
+    /// Closed, a reconnect try scheduled.
+    Waiting,
     Closed,
+}
+
+/// What a timer does when it fires.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Timer {
+    Redial,
+    Rejoin,
+}
+
+/// A redialling connection's bookkeeping.
+struct RedialState {
+    cfg: Arc<Redial>,
+    /// phoenix.js's reconnect timer `tries` (reset when a socket opens).
+    tries: u32,
+    /// Tries in the current outage, for the bound.
+    outage_tries: u32,
+    /// Refused rejoins on the current socket (phoenix.js's rejoin timer `tries`).
+    join_tries: u32,
+    down_since: Option<Instant>,
+    attempts: u64,
+    failures: u64,
+    gave_up: bool,
+}
+
+/// One topic of a connection and its current join.
+struct Topic {
+    name: Arc<str>,
+    join_ref: u64,
+    joined: bool,
 }
 
 struct Conn {
     /// `None` once closed (the fd is released at once) or if the socket could not be made.
     stream: Option<TcpStream>,
     state: State,
-    topic: Arc<str>,
+    addr: SocketAddr,
+    /// The first is the one `Cmd::Push` sends on.
+    topics: Vec<Topic>,
+    params: Option<Arc<str>>,
+    redial: Option<RedialState>,
+    ever_joined: bool,
+    joined_at_ns: u64,
+    dropped_at_ns: u64,
+    /// Counts sockets, so a timer set for an earlier one is ignored.
+    generation: u32,
     accept: String,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     frag: Vec<u8>,
     started: Instant,
-    join_ref: u64,
     next_ref: u64,
     hb_pending: Option<(u64, u64)>,
     reading: bool,
@@ -205,11 +328,12 @@ struct Driver {
     poll: Poll,
     rx: Receiver<Cmd>,
     target: Target,
-    host: String,
     c: Arc<Counters>,
     conns: Vec<Conn>,
-    /// Specs waiting for an in-flight slot.
-    queue: VecDeque<ConnSpec>,
+    /// Clients waiting for an in-flight slot.
+    queue: VecDeque<Client>,
+    /// (when, connection, what, its socket generation then).
+    timers: BinaryHeap<Reverse<(Instant, usize, Timer, u32)>>,
     inflight: usize,
     max_inflight: usize,
     joined: Vec<usize>,
@@ -229,15 +353,14 @@ impl Driver {
         c: Arc<Counters>,
         max_inflight: usize,
     ) -> Driver {
-        let host = target.addr.to_string();
         Driver {
             poll,
             rx,
             target,
-            host,
             c,
             conns: Vec::new(),
             queue: VecDeque::new(),
+            timers: BinaryHeap::new(),
             inflight: 0,
             max_inflight: max_inflight.max(1),
             joined: Vec::new(),
@@ -277,6 +400,7 @@ impl Driver {
                 }
             }
             self.start_queued();
+            self.fire_timers();
             self.heartbeats();
             if self.last_sweep.elapsed() > Duration::from_millis(500) {
                 self.sweep_timeouts();
@@ -286,7 +410,11 @@ impl Driver {
 
     fn command(&mut self, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Connect(specs) => self.queue.extend(specs),
+            Cmd::Connect(specs) => self.queue.extend(specs.into_iter().map(Client::from)),
+            Cmd::Clients(clients) => self.queue.extend(clients),
+            Cmd::Status(reply) => {
+                let _ = reply.send(self.conns.iter().map(Conn::status).collect());
+            }
             Cmd::Heartbeat(iv) => self.hb = iv.map(|iv| (iv, Instant::now(), 0)),
             Cmd::Push { local, seq, pad } => self.push(local, seq, pad),
             Cmd::Reading { local, on } => {
@@ -331,68 +459,64 @@ impl Driver {
 
     fn start_queued(&mut self) {
         while self.inflight < self.max_inflight {
-            let Some(spec) = self.queue.pop_front() else { return };
-            match self.open(&spec) {
-                Ok(conn) => {
-                    let local = self.conns.len();
-                    self.conns.push(conn);
-                    let stream = self.conns[local].stream.as_mut().expect("new stream");
-                    let reg = self.poll.registry().register(
-                        stream,
-                        Token(local),
-                        Interest::READABLE | Interest::WRITABLE,
-                    );
+            let Some(client) = self.queue.pop_front() else { return };
+            let local = self.conns.len();
+            let conn = self.new_conn(&client);
+            self.conns.push(conn);
+            match open(self.target.addr, client.spec.small_rcvbuf) {
+                Ok(stream) => {
                     self.inflight += 1;
-                    if let Err(e) = reg {
-                        self.close(local, format!("register: {e}"));
-                    }
+                    self.attach(local, stream);
                 }
                 Err(e) => {
                     self.c.failed.fetch_add(1, Relaxed);
                     self.error(format!("connect: {e}"));
                     // Keep the slot numbering aligned with the coordinator's view.
-                    let mut c = self.new_conn(None, &spec);
+                    let c = &mut self.conns[local];
                     c.state = State::Closed;
                     c.closed_by = Some(format!("connect: {e}"));
-                    self.conns.push(c);
                 }
             }
         }
     }
 
-    fn open(&mut self, spec: &ConnSpec) -> std::io::Result<Conn> {
-        use socket2::{Domain, Socket, Type};
-        let sock = Socket::new(Domain::for_address(self.target.addr), Type::STREAM, None)?;
-        sock.set_nonblocking(true)?;
-        sock.set_tcp_nodelay(true)?;
-        if spec.small_rcvbuf {
-            sock.set_recv_buffer_size(4096)?;
+    /// Gives connection `local` its new, connecting stream.
+    fn attach(&mut self, local: usize, mut stream: TcpStream) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let reg = self.poll.registry().register(&mut stream, Token(local), interest);
+        let c = &mut self.conns[local];
+        c.stream = Some(stream);
+        c.generation += 1;
+        c.state = State::Connecting;
+        c.started = Instant::now();
+        if let Err(e) = reg {
+            self.close(local, format!("register: {e}"));
         }
-        bind_source(&sock, self.target.addr)?;
-        match sock.connect(&self.target.addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        let stream = TcpStream::from_std(sock.into());
-        Ok(self.new_conn(Some(stream), spec))
     }
 
-    fn new_conn(&mut self, stream: Option<TcpStream>, spec: &ConnSpec) -> Conn {
+    fn new_conn(&mut self, client: &Client) -> Conn {
+        let topic = |name: &Arc<str>| Topic { name: name.clone(), join_ref: 0, joined: false };
+        let topics = std::iter::once(&client.spec.topic).chain(&client.extra_topics);
         Conn {
-            stream,
+            stream: None,
             state: State::Connecting,
-            topic: spec.topic.clone(),
+            addr: self.target.addr,
+            topics: topics.map(topic).collect(),
+            params: client.params.clone(),
+            redial: client.redial.clone().map(RedialState::new),
+            ever_joined: false,
+            joined_at_ns: 0,
+            dropped_at_ns: 0,
+            generation: 0,
             accept: String::new(),
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             frag: Vec::new(),
             started: Instant::now(),
-            join_ref: 0,
             next_ref: 1,
             hb_pending: None,
             reading: true,
-            record: spec.record,
+            record: client.spec.record,
             bytes_read: 0,
             closed_by: None,
         }
@@ -450,8 +574,11 @@ impl Driver {
         if c.state == State::Connecting {
             match stream.peer_addr() {
                 Ok(_) => {
-                    let path = self.target.path.clone();
-                    let (req, accept) = wire::handshake_request(&self.host, &path);
+                    let path = match &c.params {
+                        Some(p) => format!("{}&{p}", self.target.path),
+                        None => self.target.path.clone(),
+                    };
+                    let (req, accept) = wire::handshake_request(&c.addr.to_string(), &path);
                     c.accept = accept;
                     c.wbuf.extend_from_slice(&req);
                     c.state = State::Handshaking;
@@ -520,6 +647,11 @@ impl Driver {
                 HandshakeReply::Accepted(n) => {
                     c.rbuf.drain(..n);
                     c.accept = String::new();
+                    // phoenix.js resets its reconnect timer when a socket opens.
+                    if let Some(r) = c.redial.as_mut() {
+                        r.tries = 0;
+                        r.join_tries = 0;
+                    }
                     match self.target.proto {
                         Proto::Phoenix => self.send_join(local),
                         Proto::SocketIo => self.conns[local].state = State::SioOpening,
@@ -632,16 +764,15 @@ impl Driver {
     fn on_reply(&mut self, local: usize, msg: Incoming<'_>, now: u64) {
         let c = &mut self.conns[local];
         let ok = msg.status.as_deref() == Some("ok");
-        if c.state == State::Joining && msg.reference == Some(c.join_ref) {
+        let joining = c.topics.iter().position(|t| !t.joined && msg.reference == Some(t.join_ref));
+        if let (State::Joining, Some(t)) = (c.state, joining) {
             if !ok {
-                return self.close(local, format!("join refused: {:?}", msg.status));
+                return self.join_refused(local, t, &msg);
             }
-            c.state = State::Joined;
-            let us = c.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            self.samples.join_us.push(us);
-            self.inflight -= 1;
-            self.joined.push(local);
-            self.c.joined.fetch_add(1, Relaxed);
+            c.topics[t].joined = true;
+            if c.topics.iter().all(|t| t.joined) {
+                self.on_joined(local);
+            }
             return;
         }
         if let Some((r, sent)) = c.hb_pending {
@@ -656,14 +787,58 @@ impl Driver {
         self.c.push_replies.fetch_add(1, Relaxed);
     }
 
+    /// Every topic is acknowledged: the first join of a connection, or a rejoin after a
+    /// reconnect.
+    fn on_joined(&mut self, local: usize) {
+        let c = &mut self.conns[local];
+        c.state = State::Joined;
+        c.joined_at_ns = now_ns();
+        if let Some(r) = c.redial.as_mut().filter(|_| c.ever_joined) {
+            r.down_since = None;
+            r.outage_tries = 0;
+            self.c.rejoined.fetch_add(1, Relaxed);
+            return;
+        }
+        c.ever_joined = true;
+        let us = c.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        self.samples.join_us.push(us);
+        self.inflight -= 1;
+        self.joined.push(local);
+        self.c.joined.fetch_add(1, Relaxed);
+    }
+
+    /// A first join refused ends the connection (a failure); a rejoin refused is tried again on
+    /// the same socket after `rejoin_after`, as phoenix.js's channel rejoin timer does.
+    fn join_refused(&mut self, local: usize, topic: usize, msg: &Incoming<'_>) {
+        let c = &mut self.conns[local];
+        let why = format!("join refused: {:?}", msg.status);
+        let Some(r) = c.redial.as_mut().filter(|_| c.ever_joined) else {
+            return self.close(local, why);
+        };
+        r.join_tries += 1;
+        let at = Instant::now() + rejoin_after(r.join_tries);
+        c.topics[topic].join_ref = 0;
+        self.timers.push(Reverse((at, local, Timer::Rejoin, c.generation)));
+        self.error(format!("re{why}"));
+    }
+
+    /// Sends a join for every topic not joined yet, all at once (phoenix.js rejoins every
+    /// errored channel when its socket opens).
     fn send_join(&mut self, local: usize) {
         let c = &mut self.conns[local];
-        c.join_ref = c.next_ref;
-        c.next_ref += 1;
         c.state = State::Joining;
-        let topic = c.topic.clone();
-        wire::out::join(self.target.proto, &mut self.text, c.join_ref, &topic);
-        self.send_text(local);
+        for i in 0..c.topics.len() {
+            let c = &mut self.conns[local];
+            if c.topics[i].joined {
+                continue;
+            }
+            let join_ref = c.next_ref;
+            c.next_ref += 1;
+            c.topics[i].join_ref = join_ref;
+            let topic = c.topics[i].name.clone();
+            wire::out::join(self.target.proto, &mut self.text, join_ref, &topic);
+            self.send_text(local);
+        }
     }
 
     fn push(&mut self, local: usize, seq: u64, pad: usize) {
@@ -673,9 +848,9 @@ impl Driver {
         }
         let reference = c.next_ref;
         c.next_ref += 1;
-        let topic = c.topic.clone();
+        let (topic, join_ref) = (c.topics[0].name.clone(), c.topics[0].join_ref);
         let body = wire::stamp_body(seq, now_ns(), pad);
-        wire::out::new_msg(self.target.proto, &mut self.text, c.join_ref, reference, &topic, &body);
+        wire::out::new_msg(self.target.proto, &mut self.text, join_ref, reference, &topic, &body);
         self.c.pushes.fetch_add(1, Relaxed);
         self.send_text(local);
     }
@@ -713,28 +888,37 @@ impl Driver {
 
     fn sweep_timeouts(&mut self) {
         self.last_sweep = Instant::now();
-        if self.inflight == 0 {
-            return;
-        }
         let late: Vec<usize> = (0..self.conns.len())
             .filter(|&i| {
                 let c = &self.conns[i];
-                !matches!(c.state, State::Joined | State::Closed)
-                    && c.started.elapsed() > JOIN_TIMEOUT
+                let limit = if c.ever_joined { REJOIN_TIMEOUT } else { JOIN_TIMEOUT };
+                !matches!(c.state, State::Joined | State::Closed | State::Waiting)
+                    && c.started.elapsed() > limit
             })
             .collect();
         for i in late {
-            self.close(i, format!("not joined after {}s", JOIN_TIMEOUT.as_secs()));
+            let c = &self.conns[i];
+            let limit = if c.ever_joined { REJOIN_TIMEOUT } else { JOIN_TIMEOUT };
+            self.close(i, format!("not joined after {}s", limit.as_secs()));
         }
     }
 
     fn close(&mut self, local: usize, why: String) {
         let c = &mut self.conns[local];
         match c.state {
-            State::Closed => return,
+            State::Closed | State::Waiting => return,
             State::Joined => {
+                c.dropped_at_ns = now_ns();
                 self.c.dropped.fetch_add(1, Relaxed);
                 *self.samples.errors.entry(format!("dropped: {why}")).or_default() += 1;
+            }
+            _ if c.ever_joined => {
+                // A reconnect try that did not get as far as joined.
+                self.c.redial_failed.fetch_add(1, Relaxed);
+                if let Some(r) = c.redial.as_mut() {
+                    r.failures += 1;
+                }
+                *self.samples.errors.entry(format!("redial: {why}")).or_default() += 1;
             }
             _ => {
                 // Not yet joined: counts as a failure.
@@ -745,11 +929,124 @@ impl Driver {
         }
         c.state = State::Closed;
         c.closed_by = Some(why);
+        c.hb_pending = None;
+        c.frag = Vec::new();
+        for t in &mut c.topics {
+            t.joined = false;
+        }
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
             let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
         }
         c.rbuf = Vec::new();
         c.wbuf = Vec::new();
+        if c.ever_joined && c.redial.is_some() {
+            self.schedule_redial(local);
+        }
+    }
+
+    /// After a close: the next reconnect try after `reconnect_after(tries + 1)`, or the end of
+    /// the connection when this outage has used its bounds.
+    fn schedule_redial(&mut self, local: usize) {
+        let c = &mut self.conns[local];
+        let Some(r) = c.redial.as_mut() else { return };
+        let now = Instant::now();
+        let down = now - *r.down_since.get_or_insert(now);
+        if r.outage_tries >= r.cfg.max_tries || down >= r.cfg.give_up_after {
+            r.gave_up = true;
+            let why =
+                format!("gave up after {} tries in {:.1} s", r.outage_tries, down.as_secs_f64());
+            self.c.gave_up.fetch_add(1, Relaxed);
+            return self.error(why);
+        }
+        c.state = State::Waiting;
+        let at = now + reconnect_after(r.tries + 1);
+        self.timers.push(Reverse((at, local, Timer::Redial, c.generation)));
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, local, timer, generation))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let c = &self.conns[local];
+            if c.generation != generation {
+                continue; // set for an earlier socket
+            }
+            match (timer, c.state) {
+                (Timer::Redial, State::Waiting) => self.redial(local),
+                (Timer::Rejoin, State::Joining) => self.send_join(local),
+                _ => {} // overtaken: the connection closed or joined meanwhile
+            }
+        }
+    }
+
+    /// One reconnect try, to the load balancer's next address.
+    fn redial(&mut self, local: usize) {
+        let c = &mut self.conns[local];
+        let r = c.redial.as_mut().expect("a redialling connection");
+        r.tries += 1;
+        r.outage_tries += 1;
+        r.attempts += 1;
+        c.addr = r.cfg.next_addr();
+        self.c.redials.fetch_add(1, Relaxed);
+        match open(c.addr, false) {
+            Ok(stream) => self.attach(local, stream),
+            Err(e) => {
+                // As if it had connected and failed at once: `close` counts it and reschedules.
+                self.conns[local].state = State::Connecting;
+                self.close(local, format!("connect: {e}"));
+            }
+        }
+    }
+}
+
+/// A non-blocking socket connecting to `addr` from its own source address.
+fn open(addr: SocketAddr, small_rcvbuf: bool) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_nonblocking(true)?;
+    sock.set_tcp_nodelay(true)?;
+    if small_rcvbuf {
+        sock.set_recv_buffer_size(4096)?;
+    }
+    bind_source(&sock, addr)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(sock.into()))
+}
+
+impl RedialState {
+    fn new(cfg: Arc<Redial>) -> RedialState {
+        RedialState {
+            cfg,
+            tries: 0,
+            outage_tries: 0,
+            join_tries: 0,
+            down_since: None,
+            attempts: 0,
+            failures: 0,
+            gave_up: false,
+        }
+    }
+}
+
+impl Conn {
+    fn status(&self) -> ConnStatus {
+        let r = self.redial.as_ref();
+        ConnStatus {
+            joined: self.state == State::Joined,
+            addr: self.addr,
+            joined_at_ns: self.joined_at_ns,
+            dropped_at_ns: self.dropped_at_ns,
+            tries: r.map_or(0, |r| r.attempts),
+            failures: r.map_or(0, |r| r.failures),
+            gave_up: r.is_some_and(|r| r.gave_up),
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crate::driver::{self, Cmd, ConnReport, ConnSpec, Handle, Samples, Target};
+use crate::driver::{self, Client, Cmd, ConnReport, ConnSpec, ConnStatus, Handle, Samples, Target};
 use crate::target::Server;
 use crate::wire::Proto;
 
@@ -16,7 +16,7 @@ pub struct Fleet {
 }
 
 /// Sum of all drivers' counters.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub joined: u64,
     pub failed: u64,
@@ -27,6 +27,24 @@ pub struct Totals {
     pub delivered: u64,
     pub pushes: u64,
     pub push_replies: u64,
+    pub redials: u64,
+    pub redial_failed: u64,
+    pub rejoined: u64,
+    pub gave_up: u64,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, t: Totals) {
+        self.joined += t.joined;
+        self.failed += t.failed;
+        self.dropped += t.dropped;
+        self.hb_sent += t.hb_sent;
+        self.hb_replies += t.hb_replies;
+        self.hb_skipped += t.hb_skipped;
+        self.delivered += t.delivered;
+        self.pushes += t.pushes;
+        self.push_replies += t.push_replies;
+    }
 }
 
 /// Result of opening connections.
@@ -42,7 +60,12 @@ impl Fleet {
             crate::target::Kind::Phoenix => Proto::Phoenix,
             crate::target::Kind::SocketIo => Proto::SocketIo,
         };
-        let target = Target { proto, addr: server.ws, path: server.path.clone() };
+        Fleet::to(Target { proto, addr: server.ws, path: server.path.clone() }, threads, inflight)
+    }
+
+    /// A fleet whose connections open to `target` (a server this process did not start: the
+    /// `cluster` generators; redialling connections may move elsewhere: `reconnect`).
+    pub fn to(target: Target, threads: usize, inflight: usize) -> Fleet {
         let per = inflight.div_ceil(threads);
         let drivers = (0..threads).map(|i| driver::spawn(i, target.clone(), per)).collect();
         Fleet { drivers, opened: 0 }
@@ -66,6 +89,10 @@ impl Fleet {
             t.delivered += c.delivered.load(Relaxed);
             t.pushes += c.pushes.load(Relaxed);
             t.push_replies += c.push_replies.load(Relaxed);
+            t.redials += c.redials.load(Relaxed);
+            t.redial_failed += c.redial_failed.load(Relaxed);
+            t.rejoined += c.rejoined.load(Relaxed);
+            t.gave_up += c.gave_up.load(Relaxed);
         }
         t
     }
@@ -73,19 +100,51 @@ impl Fleet {
     /// Asks for `specs.len()` more connections (global indices from `self.opened` on), without
     /// waiting.
     pub fn open(&mut self, specs: Vec<ConnSpec>) -> std::ops::Range<usize> {
+        self.open_with(specs, Cmd::Connect)
+    }
+
+    /// `open` for clients with several topics, connect params or phoenix.js's reconnects.
+    pub fn open_clients(&mut self, clients: Vec<Client>) -> std::ops::Range<usize> {
+        self.open_with(clients, Cmd::Clients)
+    }
+
+    fn open_with<T: Clone>(
+        &mut self,
+        items: Vec<T>,
+        cmd: fn(Vec<T>) -> Cmd,
+    ) -> std::ops::Range<usize> {
         let start = self.opened;
         let n = self.drivers.len();
-        let mut per: Vec<Vec<ConnSpec>> = vec![Vec::new(); n];
-        for (i, s) in specs.into_iter().enumerate() {
+        let mut per: Vec<Vec<T>> = vec![Vec::new(); n];
+        for (i, s) in items.into_iter().enumerate() {
             per[(start + i) % n].push(s);
         }
         self.opened += per.iter().map(Vec::len).sum::<usize>();
-        for (d, specs) in self.drivers.iter().zip(per) {
-            if !specs.is_empty() {
-                d.send(Cmd::Connect(specs));
+        for (d, items) in self.drivers.iter().zip(per) {
+            if !items.is_empty() {
+                d.send(cmd(items));
             }
         }
         start..self.opened
+    }
+
+    /// Every connection's status, by global index.
+    pub fn status(&self) -> Vec<ConnStatus> {
+        let n = self.drivers.len();
+        let mut per: Vec<Vec<ConnStatus>> = Vec::with_capacity(n);
+        for d in &self.drivers {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            d.send(Cmd::Status(tx));
+            per.push(rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default());
+        }
+        let mut all = Vec::with_capacity(self.opened);
+        for g in 0..self.opened {
+            match per[g % n].get(g / n) {
+                Some(s) => all.push(s.clone()),
+                None => break, // a driver that did not answer: the rest is unknown
+            }
+        }
+        all
     }
 
     /// Opens connections up to `total`, topic of connection `i` from `topic(i)`, and waits until

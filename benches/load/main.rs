@@ -7,8 +7,10 @@
 //! `target` (starting the servers, /proc readings, OS limits), `report` (percentiles, tables,
 //! CSV), `scenarios/*` (one file per workload), `plot` (the SVG).
 
+mod cluster_env;
 mod driver;
 mod fleet;
+mod generator;
 mod opts;
 mod plot;
 mod report;
@@ -20,7 +22,8 @@ mod wire;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// The process's first reading of the monotonic clock, and the wall clock at that moment.
+static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
 static SMOKE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `d`, or a tenth of it in `--smoke` runs (settling pauses only, never measurements).
@@ -29,15 +32,28 @@ pub fn pause(d: std::time::Duration) {
     std::thread::sleep(if smoke { d / 10 } else { d });
 }
 
-/// Nanoseconds since the process-wide epoch: the clock every timestamp in a body uses, so send
-/// and receive times compare within the one process.
+/// Nanoseconds since the Unix epoch: the clock every timestamp in a body uses.
+///
+/// Why this clock: the `cluster` scenario's generators are separate processes (one may hold
+/// only 20,000 files), and a message stamped in one is timed in another, so the clock must be
+/// shared by every process on this host. The wall clock (CLOCK_REALTIME) is, but NTP may step
+/// it; so each process reads it once and counts on from there with its monotonic clock. Two
+/// processes then disagree only by how far the wall clock was slewed between their starts
+/// (microseconds over a run), and within one process time never goes back.
 pub fn now_ns() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    let (t0, wall0) = EPOCH.get_or_init(|| {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        (Instant::now(), wall.map_or(0, |d| d.as_nanos() as u64))
+    });
+    wall0 + t0.elapsed().as_nanos() as u64
 }
 
 fn main() {
     now_ns();
     wire::selftest();
+    if std::env::args().nth(1).as_deref() == Some(generator::ARG) {
+        std::process::exit(generator::main());
+    }
     let opts = match opts::Opts::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {

@@ -17,7 +17,15 @@ scenarios:
               trickle (1 byte / 2 s) for --duration each (default 10; database as for rest)
   presence    join storm: N members (1k, 5k, 10k; PRESENCE_SIZES=...) join one room at once;
               time until all hold N presence keys, frames and bytes per member, CPU, RSS
+  cluster     --nodes phx-threads nodes (--cluster) on one throwaway PostgreSQL, --conns clients
+              from --generators processes in rooms of --room-size: held --hold-secs with 30 s
+              heartbeats; a broadcast round to all (--rounds, default 5); cross-node latency
+              at --probe-rate/s; the NOTIFY ceiling (--ceiling rates; batch window 5 and 1 ms)
   all         every scenario above in turn (what benches/smoke.sh runs with --smoke)
+  reconnect   rolling restart of --nodes clustered nodes (own PostgreSQL) with --clients LIST
+              phoenix.js-like clients starting on node 0: per SIGTERMed node, time until every
+              client is joined again (p50/p99/max), until Presence shows all again, and the
+              broadcasts (--rate, default 100/s) lost by receivers on the nodes that stay up
   plot        redraw bench-results/scaling.svg from bench-results/scaling.csv
 
 options:
@@ -40,10 +48,25 @@ options:
   --duration SECS       sustained/slow-phase/rest duration (defaults 30/30/20)
   --pad BYTES           extra bytes in each broadcast body (default 0; slow: 2048)
   --rest-clients N      rest: concurrent HTTP clients (default 8)
+  --clients LIST        reconnect: clients per size (default 1000,10000,19000; --smoke: 200,
+                        one step)
   --client-threads N    generator event-loop threads (default 2)
   --inflight N          connections being opened at once, in all (default 256)
   --out DIR             results directory (default bench-results)
   --deadline SECS       hard stop for the whole run (default: computed from the scenario)
+  --nodes K             cluster: nodes (default 5); reconnect: nodes (default 3)
+  --conns N             cluster: clients in all (default 90000)
+  --generators G        cluster: generator processes, client i of generator g on node g % K
+                        (default: one per node)
+  --room-size N         cluster: clients per room (default 1000; every room spans all nodes)
+  --hold-secs SECS      cluster: hold time (default 600)
+  --probe-rate N        cluster: cross-node broadcasts/s for the latency probe (default 200)
+  --probe-secs SECS     cluster: its duration (default 30)
+  --ceiling LIST        cluster: cross-node broadcast rates to step through until delivery
+                        falls behind (default 500,1k,2k,5k,10k,20k,50k,100k)
+  --step-secs SECS      cluster: each ceiling step (default 5)
+  --node-arg ARG        cluster: append ARG to every node's command line (repeat for more,
+                        e.g. --node-arg --cluster-node-timeout-ms --node-arg 10000)
 ";
 
 #[derive(Clone, Debug)]
@@ -69,10 +92,47 @@ pub struct Opts {
     pub duration: Option<Duration>,
     pub pad: Option<usize>,
     pub rest_clients: usize,
+    pub nodes: Option<usize>,
+    pub clients: Vec<usize>,
     pub client_threads: usize,
     pub inflight: usize,
     pub out: String,
     pub deadline: Option<Duration>,
+    pub cluster: ClusterOpts,
+}
+
+/// The `cluster` scenario's options.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub nodes: usize,
+    pub conns: usize,
+    pub generators: Option<usize>,
+    pub room_size: usize,
+    pub hold: Duration,
+    pub rounds: Option<usize>,
+    pub probe_rate: f64,
+    pub probe: Duration,
+    pub ceiling: Vec<usize>,
+    pub step: Duration,
+    pub node_args: Vec<String>,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> ClusterOpts {
+        ClusterOpts {
+            nodes: 5,
+            conns: 90_000,
+            generators: None,
+            room_size: 1000,
+            hold: Duration::from_secs(600),
+            rounds: None,
+            probe_rate: 200.0,
+            probe: Duration::from_secs(30),
+            ceiling: vec![500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000],
+            step: Duration::from_secs(5),
+            node_args: Vec::new(),
+        }
+    }
 }
 
 impl Opts {
@@ -99,10 +159,13 @@ impl Opts {
             duration: None,
             pad: None,
             rest_clients: 8,
+            nodes: None,
+            clients: vec![1000, 10_000, 19_000],
             client_threads: 2,
             inflight: 256,
             out: "bench-results".into(),
             deadline: None,
+            cluster: ClusterOpts::default(),
         };
         let mut args = args.peekable();
         while let Some(a) = args.next() {
@@ -130,16 +193,33 @@ impl Opts {
                 "--hb-interval" => o.hb_interval = secs(&val(&a)?)?,
                 "--window" => o.window = secs(&val(&a)?)?,
                 "--sizes" => o.sizes = list(&val(&a)?)?,
-                "--rounds" => o.rounds = num(&val(&a)?)?,
+                "--rounds" => {
+                    o.rounds = num(&val(&a)?)?;
+                    o.cluster.rounds = Some(o.rounds);
+                }
                 "--subscribers" => o.subscribers = Some(num(&val(&a)?)?),
                 "--rate" => o.rate = Some(num(&val(&a)?)?),
                 "--duration" => o.duration = Some(secs(&val(&a)?)?),
                 "--pad" => o.pad = Some(num(&val(&a)?)?),
                 "--rest-clients" => o.rest_clients = num(&val(&a)?)?,
+                "--clients" => o.clients = list(&val(&a)?)?,
                 "--client-threads" => o.client_threads = num(&val(&a)?)?,
                 "--inflight" => o.inflight = num(&val(&a)?)?,
                 "--out" => o.out = val(&a)?,
                 "--deadline" => o.deadline = Some(secs(&val(&a)?)?),
+                "--nodes" => {
+                    let k = num(&val(&a)?)?;
+                    (o.cluster.nodes, o.nodes) = (k, Some(k));
+                }
+                "--conns" => o.cluster.conns = num(&val(&a)?)?,
+                "--generators" => o.cluster.generators = Some(num(&val(&a)?)?),
+                "--room-size" => o.cluster.room_size = num(&val(&a)?)?,
+                "--hold-secs" => o.cluster.hold = secs(&val(&a)?)?,
+                "--probe-rate" => o.cluster.probe_rate = num(&val(&a)?)?,
+                "--probe-secs" => o.cluster.probe = secs(&val(&a)?)?,
+                "--ceiling" => o.cluster.ceiling = list(&val(&a)?)?,
+                "--step-secs" => o.cluster.step = secs(&val(&a)?)?,
+                "--node-arg" => o.cluster.node_args.push(val(&a)?),
                 s if s.starts_with('-') => return Err(format!("unknown option {s}")),
                 s if o.scenario.is_empty() => o.scenario = s.to_string(),
                 s => return Err(format!("unexpected argument {s}")),
@@ -158,6 +238,8 @@ impl Opts {
             o.apply_smoke();
         }
         o.rooms = o.rooms.max(1);
+        o.cluster.nodes = o.cluster.nodes.max(2);
+        o.cluster.room_size = o.cluster.room_size.max(1);
         o.client_threads = o.client_threads.max(1);
         Ok(o)
     }
@@ -172,6 +254,16 @@ impl Opts {
         self.subscribers.get_or_insert(200);
         self.duration.get_or_insert(Duration::from_secs(2));
         self.rest_clients = self.rest_clients.min(2);
+        self.clients = vec![200];
+        let c = &mut self.cluster;
+        c.nodes = c.nodes.min(3);
+        c.conns = c.conns.min(300);
+        c.room_size = c.room_size.min(100);
+        c.hold = c.hold.min(Duration::from_secs(3));
+        c.probe = c.probe.min(Duration::from_secs(3));
+        c.ceiling.truncate(2);
+        c.step = c.step.min(Duration::from_secs(2));
+        c.rounds = Some(c.rounds.unwrap_or(3).min(3));
     }
 
     /// Hard stop for the whole process: generous, but bounded.
@@ -182,7 +274,8 @@ impl Opts {
         let peer = if self.peer { 2 } else { 1 };
         let one = |s: &str| -> u64 {
             if self.smoke {
-                return 120;
+                // The cluster smoke starts PostgreSQL and three nodes three times.
+                return if s == "cluster" { 240 } else { 120 };
             }
             match s {
                 "scaling" => 600 + self.hold.as_secs() + 60 * self.steps.len() as u64,
@@ -192,6 +285,14 @@ impl Opts {
                 "rest" => 500 + 2 * self.duration.map_or(20, |d| d.as_secs()),
                 "slowbody" => 300 + 3 * (self.duration.map_or(10, |d| d.as_secs()) + 5),
                 "presence" => 900,
+                // Per size: the ramp, then per node a restart (≤ 15 s to exit), the redial
+                // bound (70 s), presence and peers (≤ 60 s).
+                "reconnect" => {
+                    let nodes = self.nodes.unwrap_or(3) as u64;
+                    let ramps: u64 = self.clients.iter().map(|&c| 60 + c as u64 / 100).sum();
+                    120 + ramps + self.clients.len() as u64 * nodes * 160
+                }
+                "cluster" => self.cluster.deadline_secs(),
                 _ => 120,
             }
         };
@@ -204,6 +305,25 @@ impl Opts {
             s => one(s),
         };
         Duration::from_secs(total * peer)
+    }
+}
+
+impl ClusterOpts {
+    pub fn generators(&self) -> usize {
+        self.generators.unwrap_or(self.nodes).max(1)
+    }
+
+    /// Ramp, hold, fan-out, probe and two ceilings (each node start and step bounded).
+    fn deadline_secs(&self) -> u64 {
+        let ramp = 120 + self.conns as u64 / 200;
+        let steps = self.ceiling.len() as u64 * (self.step.as_secs() + 15);
+        let ceilings = 2 * (60 + 30 * self.nodes as u64 + steps);
+        300 + ramp
+            + self.hold.as_secs()
+            + 20 * self.rounds.unwrap_or(5) as u64
+            + self.probe.as_secs()
+            + 60
+            + ceilings
     }
 }
 

@@ -42,11 +42,16 @@ impl Drop for Scraper {
     }
 }
 
-/// One `GET /metrics`, each step bounded by a 5 s timeout.
 fn scrape_once(http: SocketAddr) -> std::io::Result<String> {
+    get(http, "/metrics")
+}
+
+/// One `GET path` (head and body, at most 16 MiB), each step bounded by a 5 s timeout.
+pub fn get(http: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut tcp = TcpStream::connect_timeout(&http, Duration::from_secs(5))?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes())?;
     let mut body = String::new();
     tcp.take(16 << 20).read_to_string(&mut body)?;
     Ok(body)

@@ -50,6 +50,9 @@ pub struct PhoenixStart<'a> {
     /// With a database (the `rest` scenario): the server starts its own PostgreSQL in a temp dir.
     pub database: bool,
     pub log_name: &'a str,
+    /// Appended to the command line (the cluster nodes: `--cluster --database-url ...`; with
+    /// `--database-url` among them the server uses that database instead of none).
+    pub args: &'a [String],
 }
 
 impl Server {
@@ -84,9 +87,12 @@ impl Server {
             cmd.arg("--data-dir").arg(&d.0);
             Some(d)
         } else {
-            cmd.arg("--no-database");
+            if !s.args.iter().any(|a| a == "--database-url") {
+                cmd.arg("--no-database");
+            }
             None
         };
+        cmd.args(s.args);
         let (avail_before_kib, self_rss_before_kib) = settle();
         let (child, line) = spawn_and_wait(cmd, &s.opts.out, s.log_name, "listening", 120)?;
         let ws = field(&line, "ws=").ok_or(format!("no ws= in {line:?}"))?;
@@ -143,6 +149,22 @@ impl Server {
         match &mut self.child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => Path::new(&format!("/proc/{}", self.pid)).exists(),
+        }
+    }
+
+    /// SIGKILL, no goodbye (a crashed node).
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = child.kill();
+        let _ = child.wait();
+        CHILDREN.lock().unwrap().retain(|&p| p != child.id());
+    }
+
+    /// SIGTERM without waiting (`stop` waits), so several servers shut down at once.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "TERM");
         }
     }
 
@@ -292,6 +314,16 @@ fn spawn_and_wait(
     }
 }
 
+/// A child started elsewhere (the `cluster` generators): stopped with the others on exit.
+pub fn adopt_child(pid: u32) {
+    CHILDREN.lock().unwrap().push(pid);
+}
+
+/// A child that has exited and been reaped: its pid may be reused, so no signals to it.
+pub fn forget_child(pid: u32) {
+    CHILDREN.lock().unwrap().retain(|&p| p != pid);
+}
+
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
@@ -370,12 +402,21 @@ pub struct ProcStat {
 }
 
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_stat_at(&format!("/proc/{pid}"))
+}
+
+/// One thread's reading (`/proc/<pid>/task/<tid>`: `/proc/<tid>` would be the whole process).
+pub fn thread_stat(pid: u32, tid: u32) -> Option<ProcStat> {
+    proc_stat_at(&format!("/proc/{pid}/task/{tid}"))
+}
+
+fn proc_stat_at(dir: &str) -> Option<ProcStat> {
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
     let kv = |k: &str| -> Option<u64> {
         let l = status.lines().find(|l| l.starts_with(k))?;
         l[k.len()..].split_whitespace().next()?.parse().ok()
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     // Fields after the ")" of comm: state is field 3, utime 14, stime 15 (1-based).
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
@@ -384,6 +425,23 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
         threads: kv("Threads:").unwrap_or(0),
         cpu_s: ticks as f64 / clk_tck() as f64,
     })
+}
+
+/// CPU seconds the whole machine has spent busy (not idle, not waiting for I/O), all cores.
+pub fn machine_busy_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // Guest time is already counted in user time.
+    let total: u64 = ticks.iter().take(8).sum();
+    (total - idle) as f64 / clk_tck() as f64
 }
 
 fn clk_tck() -> u64 {
@@ -405,6 +463,20 @@ pub fn mem_available_kib() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Below this much `MemAvailable` a run stops rather than wake the OOM killer on a shared
+/// machine.
+const MIN_AVAILABLE_KIB: u64 = 1536 * 1024;
+
+/// An error once the machine is nearly out of memory.
+pub fn check_memory() -> Result<(), String> {
+    match mem_available_kib() {
+        kib if kib < MIN_AVAILABLE_KIB => {
+            Err(format!("only {} MiB of memory left; stopping the run", kib / 1024))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `ListenOverflows` + `ListenDrops` from /proc/net/netstat: SYNs dropped because a listen
@@ -444,13 +516,29 @@ pub fn threads_needed(conns: usize) -> u64 {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, checks (as root: raises) the kernel
 /// limits on threads, and returns the largest connection count this machine can hold.
 pub fn prepare_limits(want_conns: usize, threads_per_conn: bool) -> usize {
-    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let mut max_conns = (nofile as usize).saturating_sub(64);
-    println!("limits: RLIMIT_NOFILE soft = {nofile} (the server inherits it)");
+    let nofile = raise_nofile();
+    let max_conns = (nofile as usize).saturating_sub(64);
     if !threads_per_conn {
         return want_conns.min(max_conns);
     }
-    let need = threads_needed(want_conns);
+    let max_conns = max_conns.min(raise_thread_limits(threads_needed(want_conns)));
+    if max_conns < want_conns {
+        println!("limits: capping connections at {max_conns} (wanted {want_conns})");
+    }
+    want_conns.min(max_conns)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (children inherit it) and returns it.
+pub fn raise_nofile() -> u64 {
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    println!("limits: RLIMIT_NOFILE soft = {nofile} (the server inherits it)");
+    nofile
+}
+
+/// Checks (as root: raises) the kernel limits for `need` more threads, printing what it did;
+/// returns how many connections (at two threads each) the limits it could not raise allow.
+pub fn raise_thread_limits(need: u64) -> usize {
+    let mut max_conns = usize::MAX;
     let used = count_threads();
     let root = is_root();
     let wanted = [
@@ -484,10 +572,7 @@ pub fn prepare_limits(want_conns: usize, threads_per_conn: bool) -> usize {
         println!("limits: cgroup pids.max = {pids_max}");
         max_conns = max_conns.min((pids_max.saturating_sub(used + 500) / 3) as usize);
     }
-    if max_conns < want_conns {
-        println!("limits: capping connections at {max_conns} (wanted {want_conns})");
-    }
-    want_conns.min(max_conns)
+    max_conns
 }
 
 fn count_threads() -> u64 {

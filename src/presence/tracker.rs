@@ -8,6 +8,10 @@
 //! encoded once and broadcast on the topic through PubSub,
 //! so it reaches every member by the fastlane. A join and a leave of the same meta within one
 //! window cancel out.
+//! Replication (with `--cluster`): local changes go to the other trackers as one `delta` per
+//! `window` at most (and always before a heartbeat, whose digest must cover them), not one per
+//! change: a join storm of 10,000 made 10,000 replication messages, which the other trackers'
+//! mailboxes dropped (requests for whole states are coalesced too: `Wants`).
 //! **Invariant:** the `presence_state` handed to joiners is the topic as of the last diff sent
 //! (its "published view"), never the live state. A joiner asks for it only after its
 //! subscription was queued at the registry, and every later diff is broadcast after that, so
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvError};
 use serde::Deserialize;
 
-use super::replication::{Message, Peers, REPLICATION_TOPIC, ReplicationConfig, WireDelta};
+use super::replication::{Message, Peers, REPLICATION_TOPIC, ReplicationConfig, Wants, WireDelta};
 use super::state::{Changes, Presence, State};
 use crate::protocol::{JsonText, Payload};
 use crate::pubsub::{Broadcast, PubSub, Subscription};
@@ -81,6 +85,12 @@ pub(crate) struct Replicator {
     sub: Subscription,
     peers: Peers,
     next_heartbeat: Instant,
+    wants: Wants,
+    /// Replication messages our mailbox had no room for since we last asked for states.
+    missed: u64,
+    /// Local changes not yet sent as a `delta`, and when the next one may go.
+    dirty: bool,
+    next_delta: Instant,
 }
 
 impl Replicator {
@@ -91,7 +101,17 @@ impl Replicator {
         capacity: usize,
     ) -> Result<Replicator, crate::pubsub::PubSubError> {
         let sub = pubsub.subscribe(REPLICATION_TOPIC, capacity)?;
-        Ok(Replicator { config, sub, peers: Peers::default(), next_heartbeat: Instant::now() })
+        let (peers, wants, now) = (Peers::default(), Wants::default(), Instant::now());
+        Ok(Replicator {
+            config,
+            sub,
+            peers,
+            next_heartbeat: now,
+            wants,
+            missed: 0,
+            dirty: false,
+            next_delta: now,
+        })
     }
 }
 
@@ -142,8 +162,11 @@ impl Tracker {
     /// When the loop must wake: the first window to end, or the next heartbeat.
     fn next_wake(&self) -> Instant {
         // A quarter heartbeat at most between checks, so a silent peer is noticed soon after
-        // its timeout.
-        let check = |r: &Replicator| r.next_heartbeat.min(Instant::now() + r.config.heartbeat / 4);
+        // its timeout; and the next `delta` when changes wait for it.
+        let check = |r: &Replicator| {
+            let beat = r.next_heartbeat.min(Instant::now() + r.config.heartbeat / 4);
+            if r.dirty { beat.min(r.next_delta) } else { beat }
+        };
         let heartbeat = self.replication.as_ref().map(check);
         let window = self.due.first().map(|(at, _)| *at);
         [heartbeat, window]
@@ -217,12 +240,12 @@ pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
             recv(rx) -> msg => if !handle(&mut tracker, msg) {
                 return tracker.say_bye();
             },
-            recv(remote) -> b => if let Ok(b) = b { tracker.receive(&b) },
+            recv(remote) -> b => if let Ok(b) = b { tracker.receive(&b, Instant::now()) },
             default(wait) => {}
         }
         let now = Instant::now();
         tracker.flush_due(now);
-        tracker.replicate(now);
+        tracker.replicate(now, false);
     }
 }
 
@@ -236,11 +259,13 @@ fn handle(tracker: &mut Tracker, msg: Result<Msg, RecvError>) -> bool {
             if let Err(panic) = std::panic::catch_unwind(run) {
                 log::error!("presence call panicked: {}", crate::process::panic_message(&*panic));
             }
+            tracker.changed_locally();
             true
         }
         Ok(Msg::Exited(owner)) => {
             let changes = tracker.state.untrack_owner(owner);
             tracker.record(changes);
+            tracker.changed_locally();
             true
         }
         Ok(Msg::Stop) | Err(RecvError) => false,
@@ -252,8 +277,18 @@ impl Tracker {
         self.state.replica().to_string()
     }
 
-    /// Sends what changed, the heartbeat when due, and drops the peers gone silent.
-    fn replicate(&mut self, now: Instant) {
+    /// A call or an exit may have changed the local state: a `delta` is due within `window`.
+    fn changed_locally(&mut self) {
+        if let Some(r) = self.replication.as_mut() {
+            r.dirty = true;
+        }
+    }
+
+    /// Sends what changed (when its delta is due, or `force`), the heartbeat when due, and
+    /// drops the peers gone silent.
+    fn replicate(&mut self, now: Instant, force: bool) {
+        let window = self.window;
+        self.catch_up_before_expiry(now);
         let Some(r) = self.replication.as_mut() else { return };
         let (heartbeat, timeout) = (r.config.heartbeat, r.config.timeout);
         let beat = now >= r.next_heartbeat;
@@ -262,9 +297,20 @@ impl Tracker {
         }
         let down = r.peers.expire(now, timeout);
         let missed = r.sub.take_dropped();
-        let delta = WireDelta::from(&self.state.take_delta());
-        if !delta.is_empty() {
-            self.send(&Message::Delta { from: self.replica(), delta });
+        if missed > 0 {
+            r.missed += missed;
+            r.wants.ask("*");
+        }
+        let (ask, give) = r.wants.due(now, heartbeat);
+        let missed = if ask.is_some() { std::mem::take(&mut r.missed) } else { 0 };
+        // The heartbeat's digest covers every local change, so they go out before it.
+        if force || beat || r.dirty && now >= r.next_delta {
+            r.dirty = false;
+            r.next_delta = now + window;
+            let delta = WireDelta::from(&self.state.take_delta());
+            if !delta.is_empty() {
+                self.send(&Message::Delta { from: self.replica(), delta });
+            }
         }
         if beat {
             let (clock, held) = self.state.digest(self.state.replica());
@@ -275,16 +321,42 @@ impl Tracker {
             let changes = self.state.remove_replica(&replica);
             self.record(changes);
         }
-        if missed > 0 {
-            log::warn!(
-                "presence: missed {missed} replication messages; asking every node for its state"
-            );
-            self.send(&Message::Want { from: self.replica(), to: "*".into() });
+        if let Some(to) = ask {
+            if missed > 0 {
+                log::warn!("presence: missed {missed} replication messages; asking for states");
+            }
+            self.send(&Message::Want { from: self.replica(), to });
+        }
+        if give {
+            self.send_state();
+        }
+    }
+
+    /// Asks `to` for its whole state (coalesced: `Wants`).
+    fn want(&mut self, to: &str) {
+        if let Some(r) = self.replication.as_mut() {
+            r.wants.ask(to);
+        }
+    }
+
+    /// A peer looks silent: first take the replication messages already waiting in our
+    /// mailbox (as many as are queued now), since its heartbeat may be among them. A tracker
+    /// busy with a storm falls behind its mailbox, and expiring a peer whose heartbeat merely
+    /// waits there makes every presence of that node leave and then join again (its whole
+    /// state), a storm of its own.
+    fn catch_up_before_expiry(&mut self, now: Instant) {
+        let Some(r) = self.replication.as_ref() else { return };
+        if !r.peers.overdue(now, r.config.timeout) {
+            return;
+        }
+        let queued: Vec<_> = r.sub.rx.try_iter().take(r.sub.rx.len()).collect();
+        for b in &queued {
+            self.receive(b, now);
         }
     }
 
     /// One message of another node's tracker (our own come back too, and are skipped).
-    fn receive(&mut self, b: &Broadcast) {
+    fn receive(&mut self, b: &Broadcast, now: Instant) {
         let parsed = match &b.payload {
             Payload::Json(v) => Message::deserialize(v).map_err(|e| e.to_string()),
             Payload::JsonText(t) => serde_json::from_str(t.as_str()).map_err(|e| e.to_string()),
@@ -298,9 +370,9 @@ impl Tracker {
             Err(e) => return log::warn!("presence: unreadable replication message: {e}"),
         };
         let Some(r) = self.replication.as_mut() else { return };
-        if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), Instant::now()) {
+        if !matches!(msg, Message::Bye { .. }) && r.peers.seen(msg.from(), now) {
             log::info!("presence: replica {} joined; sending it our state", msg.from());
-            self.send_state();
+            r.wants.give();
         }
         self.apply(msg);
     }
@@ -316,17 +388,19 @@ impl Tracker {
                     None => {
                         // Catch up instead of diverging: ask the sender for its whole state.
                         log::warn!("presence: unreadable delta from {from}; asking for its state");
-                        self.send(&Message::Want { from: self.replica(), to: from });
+                        self.want(&from);
                     }
                 }
             }
             Message::Heartbeat { from, clock, held } => {
                 if self.state.digest(&from) != (clock, held) {
-                    self.send(&Message::Want { from: self.replica(), to: from });
+                    self.want(&from);
                 }
             }
             Message::Want { to, .. } if to == "*" || *to == **self.state.replica() => {
-                self.send_state()
+                if let Some(r) = self.replication.as_mut() {
+                    r.wants.give();
+                }
             }
             Message::Want { .. } => {}
             Message::Bye { from } => {
@@ -348,7 +422,7 @@ impl Tracker {
     /// An orderly stop: what changed last, then `bye`, so the others drop us at once.
     fn say_bye(&mut self) {
         if self.replication.is_some() {
-            self.replicate(Instant::now());
+            self.replicate(Instant::now(), true);
             self.send(&Message::Bye { from: self.replica() });
         }
     }
@@ -428,7 +502,54 @@ fn raw_json(text: String) -> JsonText {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::presence::state::Limits;
+    use crate::pubsub::PubSubProcess;
+
+    fn heartbeat_of(from: &str) -> Payload {
+        let msg = Message::Heartbeat { from: from.into(), clock: 0, held: 0 };
+        Payload::JsonText(JsonText::encode(&msg).unwrap())
+    }
+
+    /// Found by the `reconnect` bench: trackers busy with a 10,000-client storm expired peers
+    /// whose heartbeats were waiting in their own mailbox, and every presence of those nodes
+    /// left and joined again.
+    #[test]
+    fn a_peer_whose_heartbeat_waits_in_the_mailbox_is_not_expired() {
+        let pubsub = PubSubProcess::start(1024, 512).unwrap();
+        let timeout = Duration::from_millis(150);
+        let config = ReplicationConfig { heartbeat: Duration::from_millis(100), timeout };
+        let replicator = Replicator::start(config, &pubsub.pubsub, 64).unwrap();
+        let limits = Limits { max_meta_bytes: 1024, max_metas_per_key: 8, max_per_topic: 100 };
+        let state = State::new("a".into(), limits);
+        let windows = (Duration::from_millis(50), Duration::from_secs(1));
+        let mut t = Tracker::new(state, windows, pubsub.pubsub.clone(), Some(replicator));
+        let next = |t: &Tracker| {
+            let rx = &t.replication.as_ref().unwrap().sub.rx;
+            rx.recv_timeout(Duration::from_secs(5)).expect("a replication message")
+        };
+        let queued = |t: &Tracker| t.replication.as_ref().unwrap().sub.rx.len();
+        let t0 = Instant::now();
+        pubsub.pubsub.broadcast(REPLICATION_TOPIC, "heartbeat", heartbeat_of("b")).unwrap();
+        let first = next(&t);
+        t.receive(&first, t0);
+        // b's next heartbeat is queued, not yet taken, when its timeout has passed.
+        pubsub.pubsub.broadcast(REPLICATION_TOPIC, "heartbeat", heartbeat_of("b")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queued(&t) == 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(queued(&t), 1);
+        t.replicate(t0 + 4 * timeout, false);
+        let peers = &mut t.replication.as_mut().unwrap().peers;
+        assert!(!peers.seen("b", t0 + 4 * timeout), "b is still known: its heartbeat counted");
+        // With nothing waiting, a silent peer is expired.
+        t.replicate(t0 + 8 * timeout, false);
+        assert!(!t.replication.as_mut().unwrap().peers.left("b"), "b expired");
+        pubsub.stop();
+    }
 
     #[test]
     fn windows_grow_with_the_topic_up_to_the_cap() {

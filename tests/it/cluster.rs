@@ -416,3 +416,40 @@ fn two_nodes_with_one_name_are_reported_unhealthy_until_one_stops() {
         health(&first).text()
     );
 }
+
+/// Found by the `reconnect` bench (10,000 clients rejoining): every local presence change went
+/// to the other nodes as a replication message of its own, a join storm overflowed the other
+/// trackers' mailboxes, and each drop asked every node for its whole state, which overflowed
+/// them again. A storm of 200 tracks now travels as a few deltas, and the other node shows it.
+#[test]
+fn a_join_storm_is_replicated_in_a_few_deltas_and_the_other_node_shows_every_member() {
+    let db = TestDb::new();
+    let nodes = [start_node(&db.url, "storm-a"), start_node(&db.url, "storm-b")];
+    all_see_each_other(&nodes);
+    let topics: Vec<String> = (0..100).map(|i| unique_topic(&format!("room:storm-{i}"))).collect();
+    let relayed = |n: &Binary| cluster_view(n)["relayed"].as_u64().expect("a relayed count");
+    let before = relayed(&nodes[0]);
+    let mut storm: Vec<WsClient> = (0..2)
+        .map(|u| {
+            WsClient::connect(nodes[0].ws, &format!("vsn=2.0.0&user_id=s{u}")).expect("connect")
+        })
+        .collect();
+    for c in &mut storm {
+        for topic in &topics {
+            let r = c.next_ref();
+            c.send(json!([r, r, topic, "phx_join", {}]));
+        }
+    }
+    for c in &mut storm {
+        for _ in &topics {
+            let reply = c.expect(|m| m[3] == "phx_reply");
+            assert_eq!(reply[4]["status"], "ok", "{reply}");
+        }
+    }
+    let mut watcher = Member::join_at(nodes[1].ws, "watcher", &topics[99], json!({}));
+    watcher.until_keys(&["s0", "s1", "watcher"]);
+    let sent = relayed(&nodes[0]) - before;
+    eprintln!("{sent} broadcasts relayed for a storm of 200 tracks");
+    // 200 tracks, the node's heartbeats (500 ms) and a few deltas; one per track before.
+    assert!(sent < 50, "{sent} broadcasts relayed for a storm of 200 tracks");
+}

@@ -1,8 +1,10 @@
 //! The workloads. Each starts the server(s) it needs, drives a `Fleet`, prints a table and
 //! writes a CSV under the results directory.
 
+mod cluster;
 mod fanout;
 mod presence;
+mod reconnect;
 mod rest;
 mod scaling;
 mod slow;
@@ -30,6 +32,8 @@ pub fn run(opts: &Opts) -> Res {
         "rest" => rest::run(opts),
         "slowbody" => slowbody::run(opts),
         "presence" => presence::run(opts),
+        "cluster" => cluster::run(opts),
+        "reconnect" => reconnect::run(opts),
         "plot" => crate::plot::scaling(&opts.out),
         "all" => {
             let mut failed = Vec::new();
@@ -86,7 +90,9 @@ pub fn which(cmd: &str) -> bool {
 
 pub fn start(kind: Kind, opts: &Opts, log_name: &str) -> Res<Server> {
     let s = match kind {
-        Kind::Phoenix => Server::phoenix(PhoenixStart { opts, database: false, log_name })?,
+        Kind::Phoenix => {
+            Server::phoenix(PhoenixStart { opts, database: false, log_name, args: &[] })?
+        }
         Kind::SocketIo => Server::socketio(opts, log_name)?,
     };
     println!("{}: pid {} ws={}{}", kind.name(), s.pid, s.ws, s.path);

@@ -27,6 +27,7 @@ pub fn run(opts: &Opts) -> Res {
         opts,
         database: true,
         log_name: "rest-phx-threads",
+        args: &[],
     }) {
         Ok(s) => s,
         Err(e) => {

@@ -63,7 +63,7 @@ pub fn run(opts: &Opts) -> Res {
 
 /// The server with its own PostgreSQL, answering REST.
 fn start(opts: &Opts) -> Result<Server, String> {
-    let start = PhoenixStart { opts, database: true, log_name: "slowbody-phx-threads" };
+    let start = PhoenixStart { opts, database: true, log_name: "slowbody-phx-threads", args: &[] };
     let server = Server::phoenix(start).map_err(|e| format!("no server with a database: {e}"))?;
     let http = server.http.ok_or("the server printed no http= address")?;
     println!("phx-threads: pid {} http={http}", server.pid);
