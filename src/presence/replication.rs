@@ -6,8 +6,8 @@
 //! - `delta`: what changed since the last one (`State::take_delta`), merged by every peer.
 //! - `heartbeat`: every `heartbeat`, the sender's digest of its own presences (`State::digest`).
 //!   A peer whose own digest of the sender differs has missed something and asks for `want`.
-//! - `state`: the whole state (`State::snapshot`), sent when a new peer appears (it has
-//!   nothing of ours) and when a peer asks for it.
+//! - `state`: the sender's own presences whole (`State::snapshot`), sent when a new peer
+//!   appears (it has nothing of ours) and when a peer asks for it.
 //! - `bye`: an orderly stop; peers drop its presences at once. A peer silent for `timeout` is
 //!   down, and its presences leave the same way.
 

@@ -66,6 +66,26 @@ impl Context {
         context
     }
 
+    /// What is known of `replica` alone.
+    fn only(&self, replica: &Replica) -> Context {
+        let vv = self.vv.iter().filter(|(r, _)| *r == replica);
+        let cloud = self.cloud.iter().filter(|d| &d.replica == replica);
+        Context { vv: vv.map(|(r, c)| (r.clone(), *c)).collect(), cloud: cloud.cloned().collect() }
+    }
+
+    /// Every dot seen, if there are at most `max` of them.
+    fn dots(&self, max: usize) -> Option<impl Iterator<Item = Dot> + '_> {
+        let total = self.vv.values().fold(self.cloud.len() as u64, |n, c| n.saturating_add(*c));
+        if total > max as u64 {
+            return None;
+        }
+        let ranges = self
+            .vv
+            .iter()
+            .flat_map(|(r, &c)| (1..=c).map(move |clock| Dot { replica: r.clone(), clock }));
+        Some(ranges.chain(self.cloud.iter().cloned()))
+    }
+
     /// Forgets everything seen of `replica`, so that its state is taken whole if it ever
     /// speaks again.
     fn forget(&mut self, replica: &str) {
@@ -264,10 +284,14 @@ impl State {
         std::mem::take(&mut self.delta)
     }
 
-    /// The whole state as a delta, for a replica that has nothing (a transfer).
+    /// This replica's own presences and context as a delta, for a replica that missed some
+    /// of them (a transfer). Only its own: every node answers for itself, so a transfer costs
+    /// the presences of one node, not of the whole cluster (at 5 nodes, a fifth), and a stale
+    /// view of a third node never travels.
     pub fn snapshot(&self) -> Delta {
-        let values = self.values.iter().map(|(d, p)| (d.clone(), p.clone())).collect();
-        Delta { context: self.context.clone(), values }
+        let own = self.values.iter().filter(|(d, _)| d.replica == self.replica);
+        let values = own.map(|(d, p)| (d.clone(), p.clone())).collect();
+        Delta { context: self.context.only(&self.replica), values }
     }
 
     /// Merges a remote delta (or snapshot): values whose dots we have not seen are added, ours
@@ -280,13 +304,21 @@ impl State {
                 changes.joins.push(presence.clone());
             }
         }
-        let removed: Vec<Dot> = (self.values.keys())
-            .filter(|dot| remote.context.contains(dot) && !remote.values.contains_key(*dot))
-            .cloned()
-            .collect();
+        let removed = self.removed_by(remote);
         changes.leaves.extend(removed.iter().map(|dot| self.remove(dot)));
         self.context.merge(&remote.context);
         changes
+    }
+
+    /// The values held here whose dots `remote` has seen and no longer holds. A delta covers
+    /// a few dots, so those are looked up rather than every value held scanned (a cluster's
+    /// tracker holds every node's presences and merges a delta per node every 50 ms).
+    fn removed_by(&self, remote: &Delta) -> Vec<Dot> {
+        let gone = |dot: &Dot| remote.context.contains(dot) && !remote.values.contains_key(dot);
+        let Some(dots) = remote.context.dots(self.values.len()) else {
+            return self.values.keys().filter(|d| gone(d)).cloned().collect();
+        };
+        dots.filter(|d| self.values.contains_key(d) && gone(d)).collect()
     }
 
     /// Drops every presence of `replica` (its node is down) without recording a remove in the

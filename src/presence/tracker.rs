@@ -322,8 +322,11 @@ impl Tracker {
             self.record(changes);
         }
         if let Some(to) = ask {
-            if missed > 0 {
-                log::warn!("presence: missed {missed} replication messages; asking for states");
+            // At most once per heartbeat (`Wants`): a replication that does not converge
+            // shows in the log instead of only as load.
+            match missed {
+                0 => log::info!("presence: asking {to} for its state (a digest differs)"),
+                n => log::warn!("presence: missed {n} replication messages; asking for states"),
             }
             self.send(&Message::Want { from: self.replica(), to });
         }
@@ -415,7 +418,9 @@ impl Tracker {
     }
 
     fn send_state(&mut self) {
-        let delta = WireDelta::from(&self.state.snapshot());
+        let snapshot = self.state.snapshot();
+        log::info!("presence: sending our state ({} presences)", snapshot.values.len());
+        let delta = WireDelta::from(&snapshot);
         self.send(&Message::State { from: self.replica(), delta });
     }
 

@@ -165,3 +165,41 @@ fn context_compacts_contiguous_dots() {
     c.add(dot(1));
     assert_eq!((c.vv.get("a").copied(), c.cloud.len()), (Some(2), 0));
 }
+
+#[test]
+fn a_snapshot_carries_only_its_own_presences_and_touches_no_third_view() {
+    let (mut a, mut b, mut c) = (state("a"), state("b"), state("c"));
+    a.track(1, "t", "alice", meta(json!({}))).unwrap();
+    let from_a = a.take_delta();
+    b.merge(&from_a);
+    c.merge(&from_a);
+    b.track(2, "t", "bob", meta(json!({}))).unwrap();
+    let snapshot = b.snapshot();
+    let replicas: Vec<&str> = snapshot.values.keys().map(|d| &*d.replica).collect();
+    assert_eq!(replicas, ["b"], "b's transfer holds b's presences only");
+    // c then misses alice's leave: b's transfer must neither remove nor restore her there.
+    a.untrack_owner(1);
+    b.merge(&a.take_delta());
+    assert_eq!(c.merge(&b.snapshot()).joins.len(), 1);
+    assert_eq!(keys(&c, "t"), [("alice".to_string(), 1), ("bob".to_string(), 1)]);
+    assert_eq!(c.digest("a"), (1, 1), "c's view of a is a's business");
+}
+
+#[test]
+fn a_transfer_covering_more_dots_than_are_held_removes_the_same_values() {
+    let (mut a, mut b) = (state("a"), state("b"));
+    for owner in 1..=4 {
+        a.track(owner, "t", &format!("k{owner}"), meta(json!({}))).unwrap();
+    }
+    b.merge(&a.take_delta());
+    for round in 0..20 {
+        a.update(1, "t", "k1", meta(json!({ "round": round }))).unwrap();
+    }
+    a.untrack_owner(2);
+    let _lost = a.take_delta();
+    // 24 dots seen against 4 held: the merge scans what it holds instead of every dot.
+    let changes = b.merge(&a.snapshot());
+    assert_eq!((changes.joins.len(), changes.leaves.len()), (1, 2));
+    assert_eq!(keys(&b, "t"), keys(&a, "t"));
+    assert_eq!(b.digest("a"), a.digest("a"));
+}
