@@ -13,6 +13,11 @@
 //! between. Batches gone from the log are counted (`Stats::missed`) and logged. Membership is
 //! forgotten as soon as the connection is lost, so `/cluster` lists no peer until it is heard
 //! again, and every node is then treated as newly joined (Presence takes its full state).
+//!
+//! Silence is judged as far as this listener has read, not by the clock (`members::Heard`):
+//! every `PROBE_EVERY` it notifies itself on a channel of its own, and a probe coming back
+//! means that everything committed before it was read. `PubSub::heard_until` gives the same
+//! time to Presence.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +35,9 @@ use crate::pubsub::PubSub;
 
 /// Notifications are awaited in slices of this, so stops and expiries are noticed.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the listener probes how far it has read (`members::Heard`): at most this much
+/// later than the clock alone would a dead peer be noticed.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// Batches fetched from the log per query.
 const PAGE: i64 = 256;
 const FETCH: &str = "SELECT batch, body FROM cluster_messages WHERE origin = $1 \
@@ -42,6 +50,15 @@ pub(super) struct InboundProcess {
     pub shared: Arc<Shared>,
     /// Per origin, the last batch delivered here; kept across reconnects.
     pub cursors: Cursors,
+    pub probe: Probe,
+}
+
+/// This connection's probe channel, and the probe on its way (one at a time).
+#[derive(Default)]
+pub(super) struct Probe {
+    channel: String,
+    sent: Option<Instant>,
+    back: bool,
 }
 
 impl InboundProcess {
@@ -75,14 +92,20 @@ impl InboundProcess {
         true
     }
 
-    fn connect(&self, attempt: &mut u32) -> Option<Client> {
+    fn connect(&mut self, attempt: &mut u32) -> Option<Client> {
         loop {
             let connected = self.pg.connect(NoTls).and_then(|mut c| {
                 c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-                Ok(c)
+                let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+                let channel = format!("{CHANNEL}_probe_{pid}");
+                c.batch_execute(&format!("LISTEN {channel}"))?;
+                Ok((c, channel))
             });
             match connected {
-                Ok(client) => return Some(client),
+                Ok((client, channel)) => {
+                    self.probe = Probe { channel, sent: None, back: true };
+                    return Some(client);
+                }
                 Err(e) => {
                     *attempt += 1;
                     let wait = backoff_sleep(*attempt);
@@ -101,10 +124,13 @@ impl InboundProcess {
             if self.stopped(Duration::ZERO) {
                 return true;
             }
+            let probed = self.probe(client);
             self.expire();
             let next = client.notifications().timeout_iter(POLL).next();
             let result = match next {
-                Ok(Some(n)) => self.receive(client, n.payload()),
+                _ if probed.is_err() => probed,
+                Ok(Some(n)) if n.channel() == CHANNEL => self.receive(client, n.payload()),
+                Ok(Some(n)) => Ok(self.probe_back(n.payload())),
                 Ok(None) if client.is_closed() => Err("connection closed".to_string()),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.to_string()),
@@ -237,9 +263,38 @@ impl InboundProcess {
         }
     }
 
+    /// Sends a probe when the last one came back and `PROBE_EVERY` has passed.
+    fn probe(&mut self, client: &mut Client) -> Result<(), String> {
+        let now = Instant::now();
+        let due = self.probe.sent.is_none_or(|t| now.saturating_duration_since(t) >= PROBE_EVERY);
+        if !(self.probe.back && due) {
+            return Ok(());
+        }
+        let stamp = self.shared.heard.lock().stamp(now).to_string();
+        let sql = "SELECT pg_notify($1, $2)";
+        client.execute(sql, &[&self.probe.channel, &stamp]).map_err(|e| e.to_string())?;
+        self.probe.sent = Some(now);
+        self.probe.back = false;
+        Ok(())
+    }
+
+    fn probe_back(&mut self, payload: &str) {
+        match payload.parse() {
+            Ok(stamp) => {
+                let sent = self.shared.heard.lock().back(stamp);
+                self.pubsub.note_heard(sent);
+            }
+            Err(_) => log::warn!("cluster-listen: an unreadable probe {payload:?}"),
+        }
+        self.probe.back = true;
+    }
+
+    /// Takes the nodes silent for `node_timeout` for down, judged as far as this node has
+    /// heard (`members::Heard`), not by the clock alone.
     fn expire(&mut self) {
         let timeout = self.shared.config.node_timeout;
-        let down = self.shared.members.lock().expire(Instant::now(), timeout);
+        let heard = self.shared.heard.lock().until(Instant::now());
+        let down = self.shared.members.lock().expire(heard, timeout);
         for name in down {
             log::warn!("cluster: node {name} is down (silent for {timeout:?})");
             self.cursors.forget(&name);

@@ -88,9 +88,62 @@ impl Members {
     }
 }
 
+/// How far this node has heard the cluster, told by probes it sends itself.
+///
+/// PostgreSQL delivers notifications to a listener in commit order. The listener notifies
+/// itself (a probe on a channel of its own) every `PROBE_EVERY`; when the probe sent at `t`
+/// comes back, it has read everything the other nodes committed before `t`. So silence is
+/// judged as of `t`, not of the clock: a listener that is behind (its thread starved of CPU in
+/// a join storm, the process stopped) does not take peers whose heartbeats are still queued
+/// for it for dead. While no probe comes back (the database unreachable) the time stands
+/// still, and nobody is taken for dead on that account.
+#[derive(Debug)]
+pub struct Heard {
+    started: Instant,
+    probe: Option<Instant>,
+}
+
+impl Heard {
+    pub fn new(started: Instant) -> Heard {
+        Heard { started, probe: None }
+    }
+
+    /// Milliseconds since `started`: a probe's payload.
+    pub fn stamp(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// The probe stamped `stamp` came back; returns when it was sent.
+    pub fn back(&mut self, stamp: u64) -> Instant {
+        let sent = self.started + Duration::from_millis(stamp);
+        self.probe = Some(self.probe.map_or(sent, |p| p.max(sent)));
+        sent
+    }
+
+    /// The time up to which silence may be judged: `now` until a first probe came back.
+    pub fn until(&self, now: Instant) -> Instant {
+        self.probe.map_or(now, |sent| sent.min(now))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silence_is_judged_as_far_as_the_probes_came_back() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut heard = Heard::new(t0);
+        assert_eq!(heard.until(at(5_000)), at(5_000), "nothing known to be queued yet");
+        heard.back(heard.stamp(at(200)));
+        // Whatever the clock says, only what was committed before 200 ms is known to be read.
+        assert_eq!(heard.until(at(5_000)), at(200));
+        heard.back(heard.stamp(at(100)));
+        assert_eq!(heard.until(at(5_000)), at(200), "a late probe does not move it back");
+        heard.back(heard.stamp(at(4_950)));
+        assert_eq!(heard.until(at(5_000)), at(4_950));
+    }
 
     #[test]
     fn joins_restarts_and_expiry() {

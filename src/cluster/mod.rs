@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     config: ClusterConfig,
     batches: AtomicU64,
     members: Mutex<Members>,
+    /// How far the listener has heard the cluster (its own notifications coming back).
+    heard: Mutex<members::Heard>,
     stats: Stats,
     /// When another node was last heard using this node's name (see `name_conflict`).
     conflict: Mutex<Option<Instant>>,
@@ -218,6 +220,7 @@ impl Cluster {
             incarnation: incarnation(),
             batches: AtomicU64::new(0),
             members: Mutex::default(),
+            heard: Mutex::new(members::Heard::new(Instant::now())),
             stats: Stats::default(),
             conflict: Mutex::default(),
             config,
@@ -236,6 +239,7 @@ impl Cluster {
             stop,
             shared: shared.clone(),
             cursors: cursor::Cursors::default(),
+            probe: inbound::Probe::default(),
         };
         let mut cluster =
             Cluster { stop: Some(stop_tx), threads: Vec::new(), view: ClusterView(shared.clone()) };

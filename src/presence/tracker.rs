@@ -288,14 +288,16 @@ impl Tracker {
     /// drops the peers gone silent.
     fn replicate(&mut self, now: Instant, force: bool) {
         let window = self.window;
-        self.catch_up_before_expiry(now);
+        // Silence is judged as far as this node has heard the others (`PubSub::heard_until`).
+        let heard = self.pubsub.heard_until(now);
+        self.catch_up_before_expiry(now, heard);
         let Some(r) = self.replication.as_mut() else { return };
         let (heartbeat, timeout) = (r.config.heartbeat, r.config.timeout);
         let beat = now >= r.next_heartbeat;
         if beat {
             r.next_heartbeat = now + heartbeat;
         }
-        let down = r.peers.expire(now, timeout);
+        let down = r.peers.expire(heard, timeout);
         let missed = r.sub.take_dropped();
         if missed > 0 {
             r.missed += missed;
@@ -347,9 +349,9 @@ impl Tracker {
     /// busy with a storm falls behind its mailbox, and expiring a peer whose heartbeat merely
     /// waits there makes every presence of that node leave and then join again (its whole
     /// state), a storm of its own.
-    fn catch_up_before_expiry(&mut self, now: Instant) {
+    fn catch_up_before_expiry(&mut self, now: Instant, heard: Instant) {
         let Some(r) = self.replication.as_ref() else { return };
-        if !r.peers.overdue(now, r.config.timeout) {
+        if !r.peers.overdue(heard, r.config.timeout) {
             return;
         }
         let queued: Vec<_> = r.sub.rx.try_iter().take(r.sub.rx.len()).collect();
@@ -419,7 +421,8 @@ impl Tracker {
 
     fn send_state(&mut self) {
         let snapshot = self.state.snapshot();
-        log::info!("presence: sending our state ({} presences)", snapshot.values.len());
+        let (me, n) = (self.state.replica(), snapshot.values.len());
+        log::info!("presence: {me} sending its state ({n} presences)");
         let delta = WireDelta::from(&snapshot);
         self.send(&Message::State { from: self.replica(), delta });
     }

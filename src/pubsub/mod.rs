@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use std::{fmt, io};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use parking_lot::Mutex;
 
 use crate::process;
 use crate::protocol::{Outgoing, Payload, Vsn};
@@ -111,6 +112,11 @@ pub(crate) enum Msg {
         topic: String,
         message: Shared,
     },
+    /// `PubSub::note_heard`, in order with the broadcasts before it.
+    Heard {
+        at: Instant,
+        cell: Arc<Mutex<Option<Instant>>>,
+    },
     /// How many subscribers `topic` has (observability and tests).
     Count {
         topic: String,
@@ -153,6 +159,8 @@ pub struct PubSub {
     send_timeout: Duration,
     /// Set once, when the node joins a cluster; shared by every clone.
     relay: Arc<OnceLock<Box<dyn Relay>>>,
+    /// How far the other nodes' broadcasts have been handed to subscribers (`note_heard`).
+    heard: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A mailbox subscription for code outside channels. Dropping it unsubscribes.
@@ -201,8 +209,8 @@ impl PubSubProcess {
             registry::run(rx, spread_fanout)
         };
         let thread = process::spawn("pubsub".into(), 256 * 1024, run)?;
-        let relay = Arc::default();
-        let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5), relay };
+        let (relay, heard) = (Arc::default(), Arc::default());
+        let pubsub = PubSub { tx, send_timeout: Duration::from_secs(5), relay, heard };
         Ok(PubSubProcess { pubsub, thread, done })
     }
 
@@ -255,6 +263,22 @@ impl PubSub {
 
     /// Makes every broadcast this node originates from now on also go to `relay`. False (and
     /// `relay` dropped) if one was set already.
+    /// The time up to which this node has heard what the other nodes sent and handed it to
+    /// the subscribers: `now` on a single node, or as far as the cluster listener had read
+    /// (`note_heard`). Silence is judged against it, so a node that is behind (CPU-starved,
+    /// stopped) does not take the peers whose messages still wait for it for dead.
+    pub fn heard_until(&self, now: Instant) -> Instant {
+        self.heard.lock().map_or(now, |heard| heard.min(now))
+    }
+
+    /// The cluster listener has read everything the other nodes committed before `at`, and
+    /// dispatched it. Queued behind those broadcasts, so that when `heard_until` says `at`,
+    /// they are in their subscribers' mailboxes. When the registry is full, the time simply
+    /// does not advance yet.
+    pub fn note_heard(&self, at: Instant) {
+        let _ = self.tx.try_send(Msg::Heard { at, cell: self.heard.clone() });
+    }
+
     pub fn set_relay(&self, relay: Box<dyn Relay>) -> bool {
         self.relay.set(relay).is_ok()
     }

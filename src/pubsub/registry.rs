@@ -73,6 +73,10 @@ pub(super) fn run(rx: Receiver<Msg>, spread_fanout: usize) {
                 deliver(&mut topics, &topic, |t| dispatch_shared(t, &topic, &message));
             }
             Msg::Count { topic, reply } => count(&topics, &topic, &reply),
+            Msg::Heard { at, cell } => {
+                let mut heard = cell.lock();
+                *heard = Some(heard.map_or(at, |h| h.max(at)));
+            }
             Msg::Stop => break,
         }
     }

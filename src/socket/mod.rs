@@ -250,6 +250,12 @@ impl Socket {
                     crate::metrics::frame_in(frame.len());
                     frame
                 }
+                // A read with a timeout fails with EINTR after the process was stopped
+                // (SIGSTOP, a debugger) and continued, signal handler or not (signal(7)):
+                // nothing was lost, so read again.
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    continue;
+                }
                 Err(e) if self.leave_timer_fired(&e) => {
                     let effects = self.state.expire_leaves(Instant::now());
                     match self.perform(effects) {

@@ -28,6 +28,11 @@ pub(crate) fn start_node(url: &str, name: &str) -> Binary {
 
 /// A node with extra command-line arguments.
 pub(crate) fn start_node_with(url: &str, name: &str, extra: &[&str]) -> Binary {
+    start_node_logging(url, name, extra, false)
+}
+
+/// A node whose log `Binary::stop` returns when `capture` is set.
+fn start_node_logging(url: &str, name: &str, extra: &[&str], capture: bool) -> Binary {
     let (heartbeat, timeout) = (HEARTBEAT_MS.to_string(), NODE_TIMEOUT_MS.to_string());
     let args = [
         "--database-url",
@@ -40,7 +45,7 @@ pub(crate) fn start_node_with(url: &str, name: &str, extra: &[&str]) -> Binary {
         "--cluster-node-timeout-ms",
         &timeout,
     ];
-    Binary::start_with(&[&args[..], extra].concat(), false)
+    Binary::start_with(&[&args[..], extra].concat(), capture)
 }
 
 fn cluster_view(node: &Binary) -> Value {
@@ -452,4 +457,31 @@ fn a_join_storm_is_replicated_in_a_few_deltas_and_the_other_node_shows_every_mem
     eprintln!("{sent} broadcasts relayed for a storm of 200 tracks");
     // 200 tracks, the node's heartbeats (500 ms) and a few deltas; one per track before.
     assert!(sent < 50, "{sent} broadcasts relayed for a storm of 200 tracks");
+}
+
+#[test]
+fn a_node_frozen_past_the_node_timeout_takes_no_peer_for_dead_when_it_resumes() {
+    let db = TestDb::new();
+    let frozen = start_node_logging(&db.url, "n1", &[], true);
+    let nodes = [frozen, start_node(&db.url, "n2"), start_node(&db.url, "n3")];
+    all_see_each_other(&nodes);
+    let topic = unique_topic("room:cluster-frozen");
+    let mut members: Vec<Member> =
+        (0..3).map(|i| Member::join_at(nodes[i].ws, &format!("u{i}"), &topic, json!({}))).collect();
+    for m in &mut members {
+        m.until_keys(&["u0", "u1", "u2"]);
+    }
+    // n1 stops (SIGSTOP) until the others have taken it for down; the heartbeats of n2 and n3
+    // wait for it at PostgreSQL meanwhile. Resumed, it must read them before judging anyone.
+    nodes[0].signal("STOP");
+    members[1].until_keys(&["u1", "u2"]);
+    nodes[0].signal("CONT");
+    members[1].until_keys(&["u0", "u1", "u2"]);
+    let quiet = Instant::now() + Duration::from_millis(4 * HEARTBEAT_MS);
+    let diff = members[0].diff_before(quiet);
+    assert!(diff.is_none(), "n1's client saw its peers' members leave: {diff:?}");
+    let [n1, ..] = nodes;
+    let log = n1.stop();
+    assert!(!log.contains("is down"), "n1 took a peer for down:\n{log}");
+    assert!(!log.contains("silent for"), "n1's tracker took a peer for silent:\n{log}");
 }

@@ -109,6 +109,21 @@ impl Member {
     pub(crate) fn until_keys(&mut self, keys: &[&str]) -> Vec<Value> {
         self.until(|v| v.key_names() == keys)
     }
+
+    /// The first `presence_diff` of the topic that arrives before `deadline`, if any.
+    pub(crate) fn diff_before(&mut self, deadline: std::time::Instant) -> Option<Value> {
+        use crate::support::ws::Event;
+        loop {
+            match self.c.recv_until(deadline) {
+                Event::Json(m) if m[2] == self.topic.as_str() && m[3] == "presence_diff" => {
+                    return Some(m);
+                }
+                Event::Json(_) | Event::Binary(_) => {}
+                Event::Timeout => return None,
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    }
 }
 
 fn is_presence(m: &Value) -> bool {

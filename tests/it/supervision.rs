@@ -158,3 +158,19 @@ fn a_killed_private_postgres_is_restarted_and_healthz_says_503_meanwhile() {
     let created = binary.request("POST", "/api/superheroes", body);
     assert_eq!(created.status, 201, "{}", created.text());
 }
+
+/// A process stopped (SIGSTOP: a debugger, `docker pause`) and continued: its sockets' reads,
+/// which have timeouts, fail with EINTR (signal(7)), which is no reason to drop a client.
+#[test]
+fn a_stopped_and_continued_server_keeps_its_websocket_clients() {
+    let db = crate::support::pg::TestDb::new();
+    let node = Binary::start_with(&["--database-url", &db.url], false);
+    let topic = crate::support::unique_topic("room:sigstop");
+    let mut c = crate::support::ws::WsClient::connect(node.ws, "vsn=2.0.0").expect("connect");
+    let join_ref = c.join_ok(&topic);
+    node.signal("STOP");
+    node.signal("CONT");
+    let body = serde_json::json!({ "body": "after a stop" });
+    let reply = c.call(Some(&join_ref), &topic, "new_msg", body);
+    assert_eq!(reply["status"], "ok", "{reply}");
+}
