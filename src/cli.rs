@@ -110,10 +110,10 @@ OPTIONS (environment variable in brackets):
     --node-name NAME          unique per node [PHX_NODE_NAME, default <host>-<pid>]
     --cluster-batch-ms N      broadcasts within N ms go out as one NOTIFY
                               [PHX_CLUSTER_BATCH_MS, default 5]
-    --cluster-heartbeat-ms N  [PHX_CLUSTER_HEARTBEAT_MS, default 1000]
+    --cluster-heartbeat-ms N  [PHX_CLUSTER_HEARTBEAT_MS, default 5000]
     --cluster-node-timeout-ms N   a node silent this long is down and its presences
                               leave; more than the heartbeat
-                              [PHX_CLUSTER_NODE_TIMEOUT_MS, default 1500]
+                              [PHX_CLUSTER_NODE_TIMEOUT_MS, default 8000]
     --cluster-mailbox N       broadcasts waiting for the relay; more are counted and logged,
                               and reach this node only [PHX_CLUSTER_MAILBOX, default 65536]
     -h, --help                this text
@@ -515,7 +515,7 @@ mod tests {
         assert!(!parse_with(&[], &[]).unwrap().cluster.enabled);
         assert!(parse_with(&[], &[("PHX_CLUSTER", "maybe")]).unwrap_err().contains("1 or 0"));
         assert!(
-            parse_with(&["--cluster-heartbeat-ms", "5000"], &[]).unwrap_err().contains("exceed")
+            parse_with(&["--cluster-heartbeat-ms", "8000"], &[]).unwrap_err().contains("exceed")
         );
         assert!(parse_with(&["--cluster-mailbox", "0"], &[]).unwrap_err().contains("positive"));
     }
