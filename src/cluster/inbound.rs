@@ -252,7 +252,11 @@ impl InboundProcess {
     fn deliver<'a>(&self, origin: &str, batch: impl Iterator<Item = &'a str>) {
         for raw in batch {
             let Some(broadcast) = wire::decode(raw) else {
-                log::warn!("cluster-listen: ignoring an unreadable broadcast from {origin}");
+                // Counted with the missed ones, so `/cluster` shows it, not only the log.
+                self.shared.stats.missed.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "cluster-listen: an unreadable broadcast from {origin} was not delivered"
+                );
                 continue;
             };
             self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
