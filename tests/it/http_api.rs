@@ -499,6 +499,29 @@ fn openapi_documents_exactly_the_routes() {
     assert_eq!(documented, routed);
 }
 
+/// A plain (unquoted) YAML value may not contain `: ` or ` #`: YAML reads the first as a
+/// nested mapping and the second as a comment, and the spec no longer loads in Postman or
+/// schemathesis (CI once went red on exactly this).
+#[test]
+fn openapi_plain_values_hold_no_colon_space_or_comment_mark() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let bad: Vec<String> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| plain_value_is_ambiguous(line))
+        .map(|(n, line)| format!("line {}: {}", n + 1, line.trim()))
+        .collect();
+    assert!(bad.is_empty(), "quote these values or use a block scalar:\n{}", bad.join("\n"));
+}
+
+fn plain_value_is_ambiguous(line: &str) -> bool {
+    let item = line.trim_start().trim_start_matches("- ");
+    let Some((_, value)) = item.split_once(": ") else { return false };
+    let plain = !value.starts_with(['\'', '"', '|', '>', '[', '{', '&', '*']);
+    plain && (value.contains(": ") || value.contains(" #"))
+}
+
 /// The (METHOD, path) pairs under `paths:`, read by indentation: paths at two spaces, their
 /// operations at four. openapi.yaml is written in that plain block style on purpose.
 fn openapi_operations(yaml: &str) -> BTreeSet<(String, String)> {
