@@ -7,7 +7,10 @@
 //! thousand members (at most `max_window`); when it ends they go out as one `presence_diff`,
 //! encoded once and broadcast on the topic through PubSub,
 //! so it reaches every member by the fastlane. A join and a leave of the same meta within one
-//! window cancel out.
+//! window cancel out. While changes keep coming (a change within a window's length of the
+//! last diff), each window is twice the last, up to `max_window` (`next_span`): a reconnect
+//! storm costs every member a few frames a second however long it lasts, where 50 ms windows
+//! made it twenty, and the server's and the clients' CPU went to presence frames.
 //! Replication (with `--cluster`): local changes go to the other trackers as one `delta` per
 //! `window` at most (and always before a heartbeat, whose digest must cover them), not one per
 //! change: a join storm of 10,000 made 10,000 replication messages, which the other trackers'
@@ -48,6 +51,9 @@ struct Topic {
     /// `published` assembled into one `presence_state` payload; dropped by the next diff.
     cached_state: Option<JsonText>,
     window: Option<Window>,
+    /// Length of the last window opened, and when its diff went out (`next_span`).
+    span: Duration,
+    last_sent: Option<Instant>,
 }
 
 /// The changes of a topic not yet sent. Joins are indexed by `phx_ref`, so that a leave of a
@@ -148,13 +154,12 @@ impl Tracker {
     }
 
     fn window_of(&mut self, topic: &Arc<str>) -> &mut Window {
+        let floor = window_for(self.window, self.max_window, self.state.count(topic));
         let view = self.topics.entry(topic.clone()).or_default();
         if view.window.is_none() {
-            let members = self.state.count(topic);
-            self.due.insert((
-                Instant::now() + window_for(self.window, self.max_window, members),
-                topic.clone(),
-            ));
+            let now = Instant::now();
+            view.span = next_span(view.span, view.last_sent, now, floor, self.max_window);
+            self.due.insert((now + view.span, topic.clone()));
         }
         view.window.get_or_insert_with(Window::default)
     }
@@ -205,6 +210,7 @@ impl Tracker {
             self.due.insert((now + self.window, topic));
             return;
         }
+        self.topics.get_mut(&topic).expect("topic exists").last_sent = Some(now);
         self.publish(&topic, &window);
     }
 
@@ -459,6 +465,22 @@ fn window_for(base: Duration, max: Duration, members: usize) -> Duration {
     base.saturating_mul(thousands).min(max.max(base))
 }
 
+/// The length of a topic's next window: `floor` (the window for its size) after a quiet spell,
+/// twice the `last` one (at most `max`) when this change comes within `last` of the last diff
+/// sent. A lone join still goes out after `floor`; a storm of joins gets windows of 50, 100,
+/// 200, ... ms up to `max` with the defaults, so a room's members get about one frame a second
+/// from it instead of twenty.
+fn next_span(
+    last: Duration,
+    last_sent: Option<Instant>,
+    now: Instant,
+    floor: Duration,
+    max: Duration,
+) -> Duration {
+    let busy = last_sent.is_some_and(|sent| now < sent + last);
+    if busy { last.saturating_mul(2).min(max).max(floor) } else { floor }
+}
+
 /// `{"joins": {...}, "leaves": {...}}`, assembled from the metas' encoded text.
 fn diff_payload(window: &Window) -> JsonText {
     let (joins, leaves) = (by_key(window.joins.values()), by_key(&window.leaves));
@@ -565,5 +587,27 @@ mod tests {
         let w = |members| super::window_for(base, max, members).as_millis();
         assert_eq!([w(0), w(999), w(1000), w(10_000), w(100_000)], [50, 50, 100, 550, 1000]);
         assert_eq!(super::window_for(base, Duration::ZERO, 5000), base, "never below the base");
+    }
+
+    #[test]
+    fn windows_double_while_changes_keep_coming_and_reset_after_a_quiet_spell() {
+        let (floor, max) = (Duration::from_millis(50), Duration::from_secs(1));
+        let t0 = Instant::now();
+        let ms = |d: u64| Duration::from_millis(d);
+        let span = |last, sent: Option<Instant>, now| next_span(last, sent, now, floor, max);
+        assert_eq!(span(Duration::ZERO, None, t0), floor, "a first change waits the floor");
+        // Each change a moment after the last diff: 100, 200, 400, 800, then the cap.
+        let mut last = floor;
+        let mut seen = Vec::new();
+        for i in 0..6 {
+            let sent = t0 + ms(i * 2000);
+            last = span(last, Some(sent), sent + ms(1));
+            seen.push(last.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
+        // Quiet for a whole window since the last diff: back to the floor.
+        assert_eq!(span(ms(800), Some(t0), t0 + ms(800)), floor);
+        // A bigger topic's floor is kept even right after a quiet spell.
+        assert_eq!(next_span(ms(100), Some(t0), t0 + ms(1), ms(300), max), ms(300));
     }
 }

@@ -395,6 +395,30 @@ fn join_storm_costs_each_member_a_frame_per_window_not_per_join() {
     }
 }
 
+/// A storm that lasts (members joining one by one for 1.5 s, as after a node restart) is not
+/// one diff per 50 ms window for its whole length: windows double while changes keep coming.
+/// Before, the `reconnect` bench's rooms sent their members a frame every 50 ms for the whole
+/// storm, and the servers' and clients' CPU went to presence frames.
+#[test]
+fn a_lasting_join_storm_sends_each_member_fewer_diffs_as_it_goes_on() {
+    let server = start(50);
+    let topic = unique_topic("room");
+    let mut watcher = Member::join(&server, "a-watcher", &topic);
+    watcher.until_keys(&["a-watcher"]);
+    let names: Vec<String> = (0..60).map(|i| format!("s{i:02}")).collect();
+    let mut joined = Vec::new();
+    for name in &names {
+        joined.push(Member::join(&server, name, &topic));
+        // The storm's shape, not a synchronisation: one join every 25 ms, half a base window.
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.insert(0, "a-watcher");
+    let frames = watcher.until_keys(&all);
+    // 1.5 s of 50 ms windows would be about 30 diffs; doubling windows make about 6.
+    assert!(frames.len() < 15, "{} diffs for a 1.5 s storm of {} joins", frames.len(), names.len());
+}
+
 #[test]
 fn shutdown_with_tracked_members_is_clean() {
     let server = start(20);
