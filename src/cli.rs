@@ -33,6 +33,8 @@ OPTIONS (environment variable in brackets):
     --max-connections N       [PHX_MAX_CONNECTIONS, default 16000]
     --max-handshakes N        upgrades in progress; the oldest is dropped for a new one
                               [PHX_MAX_HANDSHAKES, default 1024]
+    --handshake-grace-ms N    a handshake younger than this is not dropped: the acceptor
+                              waits instead [PHX_HANDSHAKE_GRACE_MS, default 1000]
     --ws-max-per-address N    open WebSocket connections from one address; more get 503
                               [PHX_WS_MAX_PER_ADDRESS, default 1024]
     --max-channels N          per connection [PHX_MAX_CHANNELS, default 100]
@@ -243,6 +245,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_PUBLIC_WS_URL", "--public-ws-url"),
         ("PHX_MAX_CONNECTIONS", "--max-connections"),
         ("PHX_MAX_HANDSHAKES", "--max-handshakes"),
+        ("PHX_HANDSHAKE_GRACE_MS", "--handshake-grace-ms"),
         ("PHX_MAX_CHANNELS", "--max-channels"),
         ("PHX_MAX_FRAME_BYTES", "--max-frame-bytes"),
         ("PHX_MESSAGES_PER_SEC", "--messages-per-sec"),
@@ -305,6 +308,9 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--public-ws-url" => args.public_ws_url = Some(value.to_string()),
         "--max-connections" => args.ws.max_connections = number()?,
         "--max-handshakes" => args.ws.max_handshakes = number()?,
+        "--handshake-grace-ms" => {
+            args.ws.handshake_grace = std::time::Duration::from_millis(number()? as u64)
+        }
         "--max-channels" => args.ws.max_channels_per_connection = number()?,
         "--max-frame-bytes" => args.ws.max_frame_bytes = number()?,
         "--messages-per-sec" => args.ws.messages_per_sec = rate()?,

@@ -130,7 +130,10 @@ impl InboundProcess {
             let result = match next {
                 _ if probed.is_err() => probed,
                 Ok(Some(n)) if n.channel() == CHANNEL => self.receive(client, n.payload()),
-                Ok(Some(n)) => Ok(self.probe_back(n.payload())),
+                Ok(Some(n)) => {
+                    self.probe_back(n.payload());
+                    Ok(())
+                }
                 Ok(None) if client.is_closed() => Err("connection closed".to_string()),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.to_string()),

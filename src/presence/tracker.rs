@@ -40,6 +40,8 @@ pub(crate) enum Msg {
     Call(Call),
     /// A channel that tracked something has ended; past the capacity check.
     Exited(super::state::Owner),
+    /// The server is stopping (`TrackerProcess::leave`).
+    Leave,
     Stop,
 }
 
@@ -83,6 +85,8 @@ pub(crate) struct Tracker {
     max_window: Duration,
     pubsub: PubSub,
     replication: Option<Replicator>,
+    /// Said `bye`: the server is stopping, changes are no longer told to anyone.
+    leaving: bool,
 }
 
 /// The tracker's side of a cluster (`replication.rs`).
@@ -130,11 +134,14 @@ impl Tracker {
     ) -> Tracker {
         let (window, max_window) = windows;
         let (topics, due) = (HashMap::new(), BTreeSet::new());
-        Tracker { state, topics, due, window, max_window, pubsub, replication }
+        Tracker { state, topics, due, window, max_window, pubsub, replication, leaving: false }
     }
 
     /// Queues `changes` for the diffs of their topics.
     pub fn record(&mut self, changes: Changes) {
+        if self.leaving {
+            return;
+        }
         for join in changes.joins {
             self.window_of(&join.topic).joins.insert(join.phx_ref.clone(), join);
         }
@@ -238,9 +245,13 @@ impl Tracker {
 /// The tracker's loop: calls and exit notices, the other nodes' replication messages, and
 /// the diffs of the windows that end. Bounded by `Msg::Stop` (or every sender gone).
 pub(crate) fn run(mut tracker: Tracker, rx: Receiver<Msg>) {
-    let remote =
+    let mut remote =
         tracker.replication.as_ref().map_or_else(crossbeam_channel::never, |r| r.sub.rx.clone());
     loop {
+        if tracker.leaving {
+            // Unsubscribed with the replicator: a disconnected receiver would spin `select!`.
+            remote = crossbeam_channel::never();
+        }
         let wait = tracker.next_wake().saturating_duration_since(Instant::now());
         crossbeam_channel::select! {
             recv(rx) -> msg => if !handle(&mut tracker, msg) {
@@ -266,6 +277,11 @@ fn handle(tracker: &mut Tracker, msg: Result<Msg, RecvError>) -> bool {
                 log::error!("presence call panicked: {}", crate::process::panic_message(&*panic));
             }
             tracker.changed_locally();
+            true
+        }
+        Ok(Msg::Exited(_)) if tracker.leaving => true,
+        Ok(Msg::Leave) => {
+            tracker.leave();
             true
         }
         Ok(Msg::Exited(owner)) => {
@@ -439,6 +455,18 @@ impl Tracker {
             self.replicate(Instant::now(), true);
             self.send(&Message::Bye { from: self.replica() });
         }
+    }
+
+    /// `bye` now, then nothing more to the other nodes (a message after `bye` would make
+    /// them take this replica for a new one) nor to local clients, who are being closed.
+    fn leave(&mut self) {
+        if let Some(r) = self.replication.as_mut() {
+            // A state owed to a peer that joined: `bye` makes it moot.
+            r.wants = Wants::default();
+        }
+        self.say_bye();
+        self.replication = None;
+        self.leaving = true;
     }
 
     fn send(&self, msg: &Message) {

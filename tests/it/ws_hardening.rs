@@ -360,6 +360,48 @@ fn half_sent_upgrades_do_not_lock_real_clients_out() {
     assert!(err.to_string().contains("503"), "{err}");
 }
 
+/// A herd of real clients (a restarted node's, reconnecting at once) fills the handshake
+/// budget with young upgrades; a newer one must wait for a slot rather than have the oldest
+/// dropped (each dropped client retried after its backoff: 20,000 times at 19,000 clients).
+#[test]
+fn young_handshakes_are_not_dropped_for_newer_ones() {
+    let config =
+        Config { max_handshakes: 2, handshake_grace: Duration::from_secs(5), ..test_config() };
+    let server = TestServer::with(config, phx_threads::app::router(None), server::accept_all());
+    let head = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\
+                connection: Upgrade\r\nsec-websocket-version: 13\r\n\
+                sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let mut herd: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+            tcp.write_all(head.as_bytes()).unwrap();
+            tcp
+        })
+        .collect();
+    // A third arrives while both are still sending their heads.
+    let addr = server.addr();
+    let third = std::thread::spawn(move || WsClient::connect(addr, "vsn=2.0.0").map(|_| ()));
+    // Nothing is dropped for it: the oldest gets no 503 while it is young.
+    herd[0].set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut byte = [0u8; 1];
+    match herd[0].read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the oldest young handshake was answered early: {other:?}"),
+    }
+    for tcp in &mut herd {
+        tcp.write_all(b"\r\n").unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let mut answer = [0u8; 12];
+        tcp.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 101", "{}", String::from_utf8_lossy(&answer));
+    }
+    third.join().unwrap().expect("the third upgrades once a slot is free");
+}
+
 /// One join of a 1 MB topic used to write a 1 MB log line. The binary's whole log stays made of
 /// short lines: the topic is refused before anything logs it, and client text that is logged
 /// goes through `logger::shown`.

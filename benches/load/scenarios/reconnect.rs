@@ -177,7 +177,8 @@ fn step(run: &mut Run<'_>, nodes: &mut Nodes, node: usize) -> Res<Step> {
     let n = run.n;
     let w = Witnesses::start(&placement(run, node), &format!("{n}-{node}"))?;
     wait_until(Duration::from_secs(30), || w.view.members() == n).map_err(|_| {
-        format!("before the restart the observer shows {} of {n}", w.view.members())
+        let (shown, odd) = (w.view.members(), w.view.odd(5));
+        format!("before the restart the observer shows {shown} of {n}; e.g. {odd:?}")
     })?;
     let before = run.fleet.status();
     let moved: Vec<usize> = (0..before.len())

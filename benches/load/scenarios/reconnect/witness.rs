@@ -111,6 +111,14 @@ struct Armed {
 
 impl View {
     /// Members shown now with exactly one meta (keys `u<i>`; the witnesses' own keys aside).
+    /// Up to `max` member keys not shown with exactly one meta, with their `phx_ref`s: what a
+    /// failed wait reports.
+    pub fn odd(&self, max: usize) -> Vec<(String, Vec<String>)> {
+        let keys = self.keys.lock();
+        let odd = keys.iter().filter(|(k, refs)| is_member(k) && refs.len() != 1);
+        odd.take(max).map(|(k, refs)| (k.clone(), refs.clone())).collect()
+    }
+
     pub fn members(&self) -> usize {
         self.keys.lock().iter().filter(|(k, refs)| is_member(k) && refs.len() == 1).count()
     }
