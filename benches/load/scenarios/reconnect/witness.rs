@@ -175,10 +175,16 @@ fn is_member(key: &str) -> bool {
     key.starts_with('u')
 }
 
+/// As phoenix.js's `syncDiff`: a join of a `phx_ref` already held is no new meta (the server
+/// may send a joiner a diff its `presence_state` already covered).
 fn add(keys: &mut HashMap<String, Vec<String>>, entries: &Value) {
     for (k, v) in entries.as_object().into_iter().flatten() {
         let refs = keys.entry(k.clone()).or_default();
-        refs.extend(phx_refs(v));
+        for r in phx_refs(v) {
+            if !refs.contains(&r) {
+                refs.push(r);
+            }
+        }
     }
 }
 
