@@ -37,6 +37,7 @@ options:
   --target URL --pid N  use a running server (ws://127.0.0.1:PORT/socket/websocket) instead
   --http URL            its REST base URL for `rest` with --target (http://127.0.0.1:PORT)
   --steps LIST          scaling steps (default 1000,2000,5000,10000,19000)
+  --restarts N          reconnect: restart only the first N nodes (default: all)
   --rooms N             spread scaling connections over N room:* topics (default 1)
   --hold SECS           hold the top scaling step this long, sampling every 30 s (default 0)
   --hb-interval SECS    heartbeat period per connection in measurement windows (default 5)
@@ -81,6 +82,8 @@ pub struct Opts {
     pub pid: Option<u32>,
     pub http: Option<String>,
     pub steps: Vec<usize>,
+    /// `reconnect`: restart only the first N nodes (default: every node).
+    pub restarts: Option<usize>,
     pub rooms: usize,
     pub hold: Duration,
     pub hb_interval: Duration,
@@ -148,6 +151,7 @@ impl Opts {
             pid: None,
             http: None,
             steps: vec![1000, 2000, 5000, 10000, 19000],
+            restarts: None,
             rooms: 1,
             hold: Duration::ZERO,
             hb_interval: Duration::from_secs(5),
@@ -188,6 +192,7 @@ impl Opts {
                 "--pid" => o.pid = Some(num(&val(&a)?)?),
                 "--http" => o.http = Some(val(&a)?),
                 "--steps" => o.steps = list(&val(&a)?)?,
+                "--restarts" => o.restarts = Some(num(&val(&a)?)?),
                 "--rooms" => o.rooms = num(&val(&a)?)?,
                 "--hold" => o.hold = secs(&val(&a)?)?,
                 "--hb-interval" => o.hb_interval = secs(&val(&a)?)?,

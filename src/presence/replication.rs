@@ -18,12 +18,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::state::{Context, Delta, Dot, Presence, Replica};
+use super::state::{Context, Delta, Dot, Presence, REMOTE_OWNER, Replica};
 
 /// The PubSub topic trackers talk on. Clients cannot join it (no channel matches it).
 pub const REPLICATION_TOPIC: &str = "phx:presence";
-/// Owner of presences held for another node: never a local channel's (those start at 1).
-pub const REMOTE_OWNER: u64 = 0;
 
 /// Replication settings; `None` in `PresenceConfig` for a single node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -122,7 +122,7 @@ fn size(opts: &Opts, k: usize, n: usize) -> Res<(Vec<Step>, Option<String>)> {
     run.fleet.open_clients((0..n).map(|i| client(i, &redial)).collect());
     wait_ramp(&run.fleet, n)?;
     run.fleet.heartbeat(Some(KEEPALIVE));
-    let steps = if opts.smoke { 1 } else { k };
+    let steps = if opts.smoke { 1 } else { opts.restarts.unwrap_or(k).min(k) };
     let mut out = Vec::new();
     let mut broken = None;
     for node in 0..steps {

@@ -203,3 +203,39 @@ fn a_transfer_covering_more_dots_than_are_held_removes_the_same_values() {
     assert_eq!(keys(&b, "t"), keys(&a, "t"));
     assert_eq!(b.digest("a"), a.digest("a"));
 }
+
+/// Remote presences are not listed under their (shared) owner: that list held every remote
+/// presence, and each remote leave scanned it (quadratic in a node's `bye`).
+#[test]
+fn remote_presences_are_not_indexed_by_owner_and_still_leave() {
+    use crate::presence::replication::WireDelta;
+    let (mut a, mut b) = (state("a"), state("b"));
+    for i in 0..3 {
+        a.track(i + 1, "t", &format!("u{i}"), meta(json!({}))).unwrap();
+    }
+    let wire = WireDelta::from(&a.take_delta()).into_delta().expect("readable");
+    assert_eq!(b.merge(&wire).joins.len(), 3);
+    assert!(b.owners.is_empty(), "remote presences indexed by owner: {:?}", b.owners.keys());
+    a.untrack(2, "t", "u1");
+    let wire = WireDelta::from(&a.take_delta()).into_delta().expect("readable");
+    assert_eq!(refs(&b.merge(&wire).leaves).len(), 1);
+    assert_eq!(b.remove_replica("a").leaves.len(), 2);
+    assert_eq!(keys(&b, "t"), []);
+}
+
+/// `add` keeps the context compact by itself: any order of adds gives what `compact` gives.
+#[test]
+fn adding_dots_in_any_order_gives_the_compacted_context() {
+    let dot = |r: &str, clock| Dot { replica: r.into(), clock };
+    let orders: [&[u64]; 4] = [&[1, 2, 3, 5], &[5, 3, 2, 1], &[2, 5, 1, 3], &[3, 1, 5, 2, 2]];
+    for order in orders {
+        let mut context = Context::default();
+        for &c in order {
+            context.add(dot("a", c));
+        }
+        context.add(dot("b", 7));
+        let cloud = [dot("a", 5), dot("b", 7)].into_iter().collect();
+        let expected = Context::from_parts([("a".into(), 3)].into_iter().collect(), cloud);
+        assert_eq!(context, expected, "order {order:?}");
+    }
+}
