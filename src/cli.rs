@@ -94,7 +94,9 @@ OPTIONS (environment variable in brackets):
     --presence-window-ms N    presence changes to a topic within N ms go out as one
                               presence_diff, per thousand members of the topic
                               [PHX_PRESENCE_WINDOW_MS, default 50]
-    --presence-max-window-ms N    longest diff window [PHX_PRESENCE_MAX_WINDOW_MS, default 1000]
+    --presence-max-window-ms N    longest diff window; windows double up to it while a
+                              topic's changes keep coming [PHX_PRESENCE_MAX_WINDOW_MS,
+                              default 1000]
     --presence-max-meta-bytes N   [PHX_PRESENCE_MAX_META_BYTES, default 1024]
     --presence-max-metas-per-key N   [PHX_PRESENCE_MAX_METAS_PER_KEY, default 64]
     --presence-max-per-topic N    [PHX_PRESENCE_MAX_PER_TOPIC, default 100000]
