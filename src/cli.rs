@@ -216,7 +216,7 @@ pub fn parse(
 fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
     let mut args = Args {
         command: Command::Serve,
-        ws: Config::default(),
+        ws: Config { shutdown_yields_cpu: true, ..Config::default() },
         http_addr: "127.0.0.1:4001".parse().expect("valid address"),
         database_url: None,
         no_database: false,

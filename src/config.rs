@@ -81,6 +81,11 @@ pub struct Config {
     pub channel_send_timeout: Duration,
     /// Graceful shutdown: every connection closed and every thread joined within this.
     pub shutdown_timeout: Duration,
+    /// Once every client has its 1012, the process's threads drop to `nice` 10 for their
+    /// teardown (`process::yield_cpu`), so that the nodes and clients taking over its clients
+    /// get the CPU first on a shared machine. The binary sets it; an embedding program's
+    /// threads are its own business, so the library default is off.
+    pub shutdown_yields_cpu: bool,
     /// Origins allowed besides the request's own host (`crate::origin`); `any` allows all.
     pub check_origin: Vec<String>,
     /// Stack sizes of the per-connection thread kinds (bytes of address space; only the
@@ -130,6 +135,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             channel_send_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            shutdown_yields_cpu: false,
             check_origin: Vec::new(),
             socket_stack_bytes: 128 * 1024,
             flusher_stack_bytes: 64 * 1024,

@@ -30,6 +30,10 @@ use crate::socket::transport::{ConnectFn, Connected};
 use crate::socket::writer::WriterPool;
 use crate::socket::{self, Endpoint};
 
+/// The `nice` of a stopping binary's threads once its clients have their 1012
+/// (`Config::shutdown_yields_cpu`).
+const SHUTDOWN_NICE: i32 = 10;
+
 /// At shutdown, the writers get at least this long after the connections are done.
 const WRITER_GRACE: Duration = Duration::from_secs(1);
 
@@ -178,6 +182,8 @@ pub struct ServerHandle {
     /// The listening socket, to wake a blocked `accept` at shutdown.
     listener: TcpListener,
     shutdown_timeout: Duration,
+    /// `Config::shutdown_yields_cpu`.
+    yields_cpu: bool,
     /// For `route_longpoll`; the acceptor and the connections hold it.
     endpoint: std::sync::Weak<Endpoint>,
 }
@@ -216,7 +222,7 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
             return Err(e);
         }
     };
-    let shutdown_timeout = config.shutdown_timeout;
+    let (shutdown_timeout, yields_cpu) = (config.shutdown_timeout, config.shutdown_yields_cpu);
     let presence =
         match router.presence_handle().map(|p| p.start(&config.presence, pubsub.pubsub.clone())) {
             Some(Err(e)) => {
@@ -269,6 +275,7 @@ pub fn start(config: Config, router: Router, connect: ConnectFn) -> io::Result<S
         acceptor_exited,
         listener: waker,
         shutdown_timeout,
+        yields_cpu,
         endpoint: weak_endpoint,
     })
 }
@@ -319,6 +326,14 @@ impl ServerHandle {
         let started = Instant::now();
         let told = open.iter().filter(|c| c.send_close_now(CloseReason::Shutdown)).count();
         log::info!("sent 1012 to {told} of {} connections in {:?}", open.len(), started.elapsed());
+        if self.yields_cpu {
+            // The teardown below is 0.3 ms of CPU per connection; the nodes and clients taking
+            // over these clients need the CPU more (BENCHMARKS.md, `reconnect`).
+            log::info!(
+                "teardown at nice {SHUTDOWN_NICE} ({} threads)",
+                process::yield_cpu(SHUTDOWN_NICE)
+            );
+        }
         for conn in &open {
             conn.close(CloseReason::Shutdown);
         }

@@ -174,3 +174,30 @@ fn a_stopped_and_continued_server_keeps_its_websocket_clients() {
     let reply = c.call(Some(&join_ref), &topic, "new_msg", body);
     assert_eq!(reply["status"], "ok", "{reply}");
 }
+
+/// SIGTERM: every client has its 1012 before any connection thread is woken, and the binary
+/// then tears down at a lower priority, leaving the CPU to whoever takes its clients over
+/// (the `reconnect` bench's rolling restart). The log says both.
+#[test]
+fn sigterm_tells_every_client_first_then_tears_down_at_a_lower_priority() {
+    let node = Binary::start_with(&["--no-database"], true);
+    let mut clients: Vec<_> = (0..3)
+        .map(|_| crate::support::ws::WsClient::connect(node.ws, "vsn=2.0.0").expect("connect"))
+        .collect();
+    for c in &mut clients {
+        c.join_ok(&crate::support::unique_topic("room:sigterm"));
+    }
+    let log = node.stop();
+    for c in &mut clients {
+        loop {
+            match c.recv(crate::support::WAIT) {
+                crate::support::ws::Event::Closed(code, _) => break assert_eq!(code, Some(1012)),
+                crate::support::ws::Event::Json(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(log.contains("sent 1012 to 3 of 3 connections"), "{log}");
+    let teardown = log.lines().find(|l| l.contains("teardown at nice 10")).expect(&log);
+    assert!(!teardown.contains("(0 threads)"), "{teardown}");
+}
