@@ -306,7 +306,10 @@ fn summarize(run: &Run<'_>, node: usize, m: &Measured, w: &Witnesses) -> Step {
     }
     if feed.gaps > 0 || feed.late > 0 || feed.sent == 0 {
         let (gaps, late, sent) = (feed.gaps, feed.late, feed.sent);
-        problems.push(format!("of {sent} broadcasts, {gaps} lost and {late} late at receivers"));
+        let detail = feed.detail.join("; ");
+        problems.push(format!(
+            "of {sent} broadcasts, {gaps} lost and {late} late at receivers ({detail})"
+        ));
     }
     let refused = w.feed.refused.load(std::sync::atomic::Ordering::Relaxed);
     if refused > 0 {

@@ -59,6 +59,9 @@ pub struct FeedReport {
     /// Acknowledged ones missing above the highest it got when the wait ended (late or lost).
     pub late: u64,
     pub duplicates: u64,
+    /// Per receiver (`r<slot>`, in `Placement::receivers` order) that missed any: which, and
+    /// the highest it got; for telling a slow receiver from a lost tail.
+    pub detail: Vec<String>,
 }
 
 impl Feed {
@@ -66,7 +69,7 @@ impl Feed {
         let acked = self.acked.lock().clone();
         let mut r =
             FeedReport { sent: acked.len() as u64, received_min: u64::MAX, ..Default::default() };
-        for got in self.received.lock().iter() {
+        for (slot, got) in self.received.lock().iter().enumerate() {
             let distinct: HashSet<u64> = got.iter().copied().collect();
             let top = got.iter().copied().max().unwrap_or(0);
             let missing = acked.iter().filter(|s| !distinct.contains(s));
@@ -75,6 +78,15 @@ impl Feed {
             r.gaps += holes.len() as u64;
             r.late += tail.len() as u64;
             r.duplicates += (got.len() - distinct.len()) as u64;
+            if !holes.is_empty() || !tail.is_empty() {
+                let (n, last) = (got.len(), acked.iter().max().copied().unwrap_or(0));
+                let shown = |v: &[u64]| format!("{:?}", &v[..v.len().min(10)]);
+                r.detail.push(format!(
+                    "r{slot}: got {n}, top {top} of {last}, holes {}, tail {}",
+                    shown(&holes),
+                    shown(&tail)
+                ));
+            }
         }
         if r.received_min == u64::MAX {
             r.received_min = 0;
