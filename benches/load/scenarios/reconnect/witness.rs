@@ -42,6 +42,8 @@ pub struct Feed {
     pub pushed: AtomicU64,
     acked: Mutex<Vec<u64>>,
     pub refused: AtomicU64,
+    /// Set by the publisher once it has seen publishing turned off (nothing more is written).
+    quiet: AtomicBool,
     received: Mutex<Vec<Vec<u64>>>,
     /// A witness whose connection failed, with why.
     pub broken: Mutex<Vec<String>>,
@@ -92,6 +94,14 @@ impl Feed {
             r.received_min = 0;
         }
         r
+    }
+
+    /// The publisher has stopped and every push it wrote has its answer: the acknowledged
+    /// set is final. (Before this, the receivers could be found complete while the last
+    /// pushes' `ok`s were in flight, and those counted as `late`.)
+    fn settled(&self) -> bool {
+        let answered = self.acked.lock().len() as u64 + self.refused.load(Relaxed);
+        self.quiet.load(Relaxed) && answered >= self.pushed.load(Relaxed)
     }
 
     /// True once every receiver holds every acknowledged broadcast.
@@ -268,13 +278,15 @@ impl Witnesses {
     }
 
     pub fn publish(&self, on: bool) {
+        self.feed.quiet.store(false, Relaxed);
         self.publishing.store(on, Relaxed);
     }
 
-    /// Waits until every receiver holds every acknowledged broadcast, or `max`.
+    /// Waits until the publisher is done and every receiver holds every acknowledged
+    /// broadcast, or `max`.
     pub fn drain(&self, max: Duration) {
         let t0 = Instant::now();
-        while t0.elapsed() < max && !self.feed.complete() {
+        while t0.elapsed() < max && !(self.feed.settled() && self.feed.complete()) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -409,6 +421,7 @@ fn publish(mut ws: Ws, every: Duration, feed: &Feed, stop: &AtomicBool, go: &Ato
     let tick = |ws: &mut Ws| -> Res {
         if !go.load(Relaxed) {
             next = Instant::now();
+            feed.quiet.store(true, Relaxed);
             return Ok(());
         }
         while Instant::now() >= next {
