@@ -263,9 +263,17 @@ impl InboundProcess {
                 continue;
             };
             self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.pubsub.dispatch(broadcast) {
-                self.shared.stats.missed.fetch_add(1, Ordering::Relaxed);
-                log::error!("cluster-listen: a broadcast from {origin} was not delivered: {e}");
+            match self.pubsub.dispatch(broadcast) {
+                Ok(()) => {}
+                // This server is stopping and its clients are closed: nobody is left to miss
+                // it (the listener outlives the registry by a few milliseconds).
+                Err(crate::pubsub::PubSubError::Stopped) => {
+                    log::debug!("cluster-listen: a broadcast from {origin} after shutdown");
+                }
+                Err(e) => {
+                    self.shared.stats.missed.fetch_add(1, Ordering::Relaxed);
+                    log::error!("cluster-listen: a broadcast from {origin} was not delivered: {e}");
+                }
             }
         }
     }
