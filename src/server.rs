@@ -313,30 +313,7 @@ impl ServerHandle {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.stopping.store(true, Ordering::SeqCst);
         let acceptor_stopped = self.stop_acceptor(deadline);
-        // The other nodes drop this node's presences in one step, before its clients reach
-        // them, instead of one leave per channel as the channels end.
-        if let Some(tracker) = &self.presence {
-            tracker.leave();
-        }
-        let open: Vec<Arc<ConnShared>> =
-            self.connections.table.lock().conns.values().map(|(c, _)| c.clone()).collect();
-        // Every client is told first, from this thread (`send_close_now`); only then are the
-        // connections' threads woken to end. Woken in the same pass, each one preempted this
-        // loop to run its teardown: at 10,000 connections the last 1012 went out after 2.2 s.
-        let started = Instant::now();
-        let told = open.iter().filter(|c| c.send_close_now(CloseReason::Shutdown)).count();
-        log::info!("sent 1012 to {told} of {} connections in {:?}", open.len(), started.elapsed());
-        if self.yields_cpu {
-            // The teardown below is 0.3 ms of CPU per connection; the nodes and clients taking
-            // over these clients need the CPU more (BENCHMARKS.md, `reconnect`).
-            log::info!(
-                "teardown at nice {SHUTDOWN_NICE} ({} threads)",
-                process::yield_cpu(SHUTDOWN_NICE)
-            );
-        }
-        for conn in &open {
-            conn.close(CloseReason::Shutdown);
-        }
+        let open = self.close_connections();
         // Connection threads are detached (see `admit`); each drops its guard as its last act.
         let connections_closed = self.connections.wait_empty(deadline);
         // Every channel has ended, so every exit notice is queued: the tracker may go.
@@ -354,6 +331,34 @@ impl ServerHandle {
 }
 
 impl ServerHandle {
+    /// Tells the other nodes and every client that this server is going, then asks every
+    /// connection to end; returns the connections open at that point.
+    fn close_connections(&self) -> Vec<Arc<ConnShared>> {
+        // The other nodes drop this node's presences in one step, before its clients reach
+        // them, instead of one leave per channel as the channels end.
+        if let Some(tracker) = &self.presence {
+            tracker.leave();
+        }
+        let open: Vec<Arc<ConnShared>> =
+            self.connections.table.lock().conns.values().map(|(c, _)| c.clone()).collect();
+        // Every client is told first, from this thread (`send_close_now`); only then are the
+        // connections' threads woken to end. Woken in the same pass, each one preempted this
+        // loop to run its teardown: at 10,000 connections the last 1012 went out after 2.2 s.
+        let started = Instant::now();
+        let told = open.iter().filter(|c| c.send_close_now(CloseReason::Shutdown)).count();
+        log::info!("sent 1012 to {told} of {} connections in {:?}", open.len(), started.elapsed());
+        if self.yields_cpu {
+            // The teardown is 0.3 ms of CPU per connection; the nodes and clients taking over
+            // these clients need the CPU more (BENCHMARKS.md, `reconnect`).
+            let threads = process::yield_cpu(SHUTDOWN_NICE);
+            log::info!("teardown at nice {SHUTDOWN_NICE} ({threads} threads)");
+        }
+        for conn in &open {
+            conn.close(CloseReason::Shutdown);
+        }
+        open
+    }
+
     /// Wakes the blocking `accept` and joins the acceptor, by `deadline`: a connection to
     /// ourselves (what tiny_http does), and in case that cannot get through (a full backlog),
     /// shutting the listening socket, which makes a blocked `accept` fail on Linux.
