@@ -191,8 +191,13 @@ impl Listener {
             Ok(ChangePayload { action, superhero }) => {
                 self.emit(StoreEvent::Change { action, superhero });
             }
-            // Someone ran NOTIFY by hand; ours always parse. Nothing to deliver.
-            Err(e) => log::warn!("store-listener: ignoring unparsable payload: {e}"),
+            // Ours always parse, so it came from elsewhere: NOTIFY by hand, or another
+            // version of this server mid-deploy. A change may be behind it that subscribers
+            // would otherwise never see: they reload the whole list instead.
+            Err(e) => {
+                log::warn!("store-listener: unparsable payload ({e}); subscribers resync");
+                self.emit(StoreEvent::Resync);
+            }
         }
     }
 

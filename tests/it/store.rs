@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use phx_threads::store::listener::{Action, ListenerHandle, StoreEvent, spawn_listener};
+use phx_threads::store::listener::{self, Action, ListenerHandle, StoreEvent, spawn_listener};
 use phx_threads::store::migrate::{self, MIGRATIONS};
 use phx_threads::store::superheroes::{self, Superhero, SuperheroParams};
 use phx_threads::store::{Store, StoreConfig};
@@ -292,4 +292,20 @@ fn a_running_cluster_is_adopted() {
     drop(second); // stops the server it adopted
     first.stop().unwrap(); // notices that, instead of failing
     assert!(!first.is_running());
+}
+
+/// A notification on the changes channel that does not parse (another version of the server
+/// mid-deploy, a NOTIFY by hand) may stand for a change nobody would see: subscribers get a
+/// `Resync` and reload, and later changes still arrive.
+#[test]
+fn an_unparsable_change_notification_makes_subscribers_resync() {
+    let db = TestDb::new();
+    let store = db.store();
+    let (listener, events) = listening(&db, &store);
+    let sql = format!("SELECT pg_notify('{}', 'not a change')", listener::CHANNEL);
+    db.client().execute(sql.as_str(), &[]).unwrap();
+    assert_eq!(recv(&events, "resync"), StoreEvent::Resync);
+    let hero = superheroes::create(&mut *store.client().unwrap(), &params("After")).unwrap();
+    assert_eq!(change(&events), (Action::Create, hero));
+    listener.shutdown().unwrap();
 }
