@@ -4,9 +4,9 @@
 //! Runs on: the caller's thread (start/shutdown) and the `ws-accept` thread.
 //! Shutdown order: stop accepting → the presence tracker says `bye` to the other nodes → send
 //! every WebSocket its 1012 close frame and ask every connection to end (each stops its
-//! channels, then flushes and shuts its stream, then joins its threads) → wait, bounded, until every
-//! connection thread has ended → stop the presence tracker → stop the writer pool → stop the
-//! PubSub registry.
+//! channels, then flushes and shuts its stream, then joins its threads) → wait, bounded,
+//! until every connection thread has ended → stop the presence tracker → stop the writer
+//! pool → stop the PubSub registry.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
