@@ -48,21 +48,49 @@ pub fn rejoin_after(tries: u32) -> Duration {
 /// sharing this value, like a round-robin load balancer in front of the nodes), and rejoin every
 /// topic as soon as the socket opens. Bounded: an outage ends in `gave up` after `max_tries`
 /// tries or `give_up_after`, whichever comes first.
+///
+/// With `next_upstream`, the load balancer is the one `deploy/nginx` configures: a node that
+/// refuses a connection is skipped for `FAIL_TIMEOUT` (`max_fails=1 fail_timeout=5s`) and the
+/// try goes on to the next node unseen by the client (`proxy_next_upstream error`, nginx's
+/// default). Without it, a try that lands on a stopped node fails and the client backs off.
 pub struct Redial {
     pub addrs: Vec<SocketAddr>,
     next: AtomicUsize,
     pub max_tries: u32,
     pub give_up_after: Duration,
+    pub next_upstream: bool,
+    /// Per address, `now_ns` until which the load balancer skips it.
+    down_until: Vec<AtomicU64>,
 }
+
+/// nginx's `fail_timeout` in `deploy/nginx/phx-threads-cluster.conf`.
+const FAIL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Redial {
     pub fn new(addrs: Vec<SocketAddr>, max_tries: u32, give_up_after: Duration) -> Redial {
         assert!(!addrs.is_empty(), "a load balancer needs an address");
-        Redial { addrs, next: AtomicUsize::new(0), max_tries, give_up_after }
+        let down_until = addrs.iter().map(|_| AtomicU64::new(0)).collect();
+        let next = AtomicUsize::new(0);
+        Redial { addrs, next, max_tries, give_up_after, next_upstream: false, down_until }
     }
 
+    /// The next address in turn, skipping the ones marked down (unless all are).
     fn next_addr(&self) -> SocketAddr {
-        self.addrs[self.next.fetch_add(1, Relaxed) % self.addrs.len()]
+        let now = now_ns();
+        let mut i = self.next.fetch_add(1, Relaxed);
+        for _ in 1..self.addrs.len() {
+            if self.down_until[i % self.addrs.len()].load(Relaxed) <= now {
+                break;
+            }
+            i = self.next.fetch_add(1, Relaxed);
+        }
+        self.addrs[i % self.addrs.len()]
+    }
+
+    fn mark_down(&self, addr: SocketAddr) {
+        if let Some(i) = self.addrs.iter().position(|&a| a == addr) {
+            self.down_until[i].store(now_ns() + FAIL_TIMEOUT.as_nanos() as u64, Relaxed);
+        }
     }
 }
 
@@ -257,6 +285,8 @@ struct RedialState {
     /// Refused rejoins on the current socket (phoenix.js's rejoin timer `tries`).
     join_tries: u32,
     down_since: Option<Instant>,
+    /// Nodes the load balancer passed the current try on from (`Redial::next_upstream`).
+    passes: u32,
     attempts: u64,
     failures: u64,
     gave_up: bool,
@@ -586,12 +616,12 @@ impl Driver {
                 Err(e) if e.kind() == ErrorKind::NotConnected => {
                     let err = stream.take_error().ok().flatten();
                     if let Some(err) = err {
-                        self.close(local, format!("connect: {}", err.kind()));
+                        self.connect_failed(local, err.kind(), format!("connect: {}", err.kind()));
                     }
                     return;
                 }
                 Err(e) => {
-                    self.close(local, format!("connect: {}", e.kind()));
+                    self.connect_failed(local, e.kind(), format!("connect: {}", e.kind()));
                     return;
                 }
             }
@@ -604,7 +634,7 @@ impl Driver {
         let Some(stream) = c.stream.as_mut() else { return };
         if c.state == State::Connecting {
             if let Ok(Some(err)) = stream.take_error() {
-                self.close(local, format!("connect: {}", err.kind()));
+                self.connect_failed(local, err.kind(), format!("connect: {}", err.kind()));
             }
             return;
         }
@@ -990,16 +1020,47 @@ impl Driver {
         r.tries += 1;
         r.outage_tries += 1;
         r.attempts += 1;
+        r.passes = 0;
         c.addr = r.cfg.next_addr();
         self.c.redials.fetch_add(1, Relaxed);
-        match open(c.addr, false) {
+        self.dial(local);
+    }
+
+    /// Opens the socket of a try to `addr`.
+    fn dial(&mut self, local: usize) {
+        match open(self.conns[local].addr, false) {
             Ok(stream) => self.attach(local, stream),
             Err(e) => {
                 // As if it had connected and failed at once: `close` counts it and reschedules.
                 self.conns[local].state = State::Connecting;
-                self.close(local, format!("connect: {e}"));
+                self.connect_failed(local, e.kind(), format!("connect: {e}"));
             }
         }
+    }
+
+    /// A connection that did not open: the load balancer passes the try on, or it fails.
+    fn connect_failed(&mut self, local: usize, kind: ErrorKind, why: String) {
+        if !self.pass_on(local, kind) {
+            self.close(local, why);
+        }
+    }
+
+    /// `Redial::next_upstream`: a refused try goes on to the next node, each node once.
+    fn pass_on(&mut self, local: usize, kind: ErrorKind) -> bool {
+        let c = &mut self.conns[local];
+        let Some(r) = c.redial.as_mut() else { return false };
+        let nodes = r.cfg.addrs.len() as u32;
+        if kind != ErrorKind::ConnectionRefused || !r.cfg.next_upstream || r.passes + 1 >= nodes {
+            return false;
+        }
+        r.passes += 1;
+        r.cfg.mark_down(c.addr);
+        c.addr = r.cfg.next_addr();
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        self.dial(local);
+        true
     }
 }
 
@@ -1029,6 +1090,7 @@ impl RedialState {
             outage_tries: 0,
             join_tries: 0,
             down_since: None,
+            passes: 0,
             attempts: 0,
             failures: 0,
             gave_up: false,

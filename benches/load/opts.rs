@@ -38,6 +38,9 @@ options:
   --http URL            its REST base URL for `rest` with --target (http://127.0.0.1:PORT)
   --steps LIST          scaling steps (default 1000,2000,5000,10000,19000)
   --restarts N          reconnect: restart only the first N nodes (default: all)
+  --lb nginx|plain      reconnect: the load balancer; nginx (default) as deploy/nginx sets it
+                        up, passing a refused connection on to the next node and skipping the
+                        refusing one for 5 s; plain round-robin lets the client see the refusal
   --rooms N             spread scaling connections over N room:* topics (default 1)
   --hold SECS           hold the top scaling step this long, sampling every 30 s (default 0)
   --hb-interval SECS    heartbeat period per connection in measurement windows (default 5)
@@ -84,6 +87,8 @@ pub struct Opts {
     pub steps: Vec<usize>,
     /// `reconnect`: restart only the first N nodes (default: every node).
     pub restarts: Option<usize>,
+    /// reconnect: the load balancer passes refused connections on (`--lb nginx`, default).
+    pub lb_next_upstream: bool,
     pub rooms: usize,
     pub hold: Duration,
     pub hb_interval: Duration,
@@ -152,6 +157,7 @@ impl Opts {
             http: None,
             steps: vec![1000, 2000, 5000, 10000, 19000],
             restarts: None,
+            lb_next_upstream: true,
             rooms: 1,
             hold: Duration::ZERO,
             hb_interval: Duration::from_secs(5),
@@ -193,6 +199,7 @@ impl Opts {
                 "--http" => o.http = Some(val(&a)?),
                 "--steps" => o.steps = list(&val(&a)?)?,
                 "--restarts" => o.restarts = Some(num(&val(&a)?)?),
+                "--lb" => o.lb_next_upstream = lb(&val(&a)?)?,
                 "--rooms" => o.rooms = num(&val(&a)?)?,
                 "--hold" => o.hold = secs(&val(&a)?)?,
                 "--hb-interval" => o.hb_interval = secs(&val(&a)?)?,
@@ -329,6 +336,14 @@ impl ClusterOpts {
             + self.probe.as_secs()
             + 60
             + ceilings
+    }
+}
+
+fn lb(s: &str) -> Result<bool, String> {
+    match s {
+        "nginx" => Ok(true),
+        "plain" => Ok(false),
+        _ => Err(format!("--lb: expected nginx or plain, got {s:?}")),
     }
 }
 

@@ -410,6 +410,18 @@ pub fn thread_stat(pid: u32, tid: u32) -> Option<ProcStat> {
     proc_stat_at(&format!("/proc/{pid}/task/{tid}"))
 }
 
+/// The CPU seconds (user + system) of process `pid` so far, from `/proc/<pid>/stat` alone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat_cpu_ticks(&stat)? as f64 / clk_tck() as f64)
+}
+
+/// utime + stime (fields 14 and 15, 1-based; counted after the ")" that ends the name).
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+}
+
 fn proc_stat_at(dir: &str) -> Option<ProcStat> {
     let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
     let kv = |k: &str| -> Option<u64> {
@@ -417,9 +429,7 @@ fn proc_stat_at(dir: &str) -> Option<ProcStat> {
         l[k.len()..].split_whitespace().next()?.parse().ok()
     };
     let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
-    // Fields after the ")" of comm: state is field 3, utime 14, stime 15 (1-based).
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    let ticks = stat_cpu_ticks(&stat)?;
     Some(ProcStat {
         rss_kib: kv("VmRSS:").unwrap_or(0),
         threads: kv("Threads:").unwrap_or(0),

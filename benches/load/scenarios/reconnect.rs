@@ -1,9 +1,11 @@
 //! `reconnect`: a rolling restart of a cluster (issue #13 item 8). N clients that behave like
 //! phoenix.js after a close (`driver::Redial`: its backoff, each try to the next node of a
 //! round-robin list, every channel rejoined on open) are joined on node 0, one Presence-tracked
-//! `room:*` topic each (rooms of `ROOM_SIZE`). Then each node in turn is sent SIGTERM (it closes
-//! every socket with 1012 and says `bye`) and started again on the same port once it has
-//! exited.
+//! `room:*` topic each (rooms of `ROOM_SIZE`); how long that first join took, and its CPU, is the
+//! baseline printed before the steps. The round-robin list is a load balancer: by default the
+//! one `deploy/nginx` sets up, which passes a refused connection on to the next node (`--lb
+//! plain`: the client sees the refusal). Then each node in turn is sent SIGTERM (it closes every
+//! socket with 1012 and says `bye`) and started again on the same port once it has exited.
 //!
 //! Per step: the time from the SIGTERM until every client of the stopped node is joined again
 //! (and p50/p99/max per client), reconnect tries and failed tries; the time until an observer on
@@ -118,9 +120,15 @@ fn size(opts: &Opts, k: usize, n: usize) -> Res<(Vec<Step>, Option<String>)> {
         rooms: (0..n.div_ceil(ROOM_SIZE)).map(room).collect(),
         addrs,
     };
-    let redial = Arc::new(Redial::new(run.addrs.clone(), MAX_TRIES, GIVE_UP_AFTER));
+    let mut redial = Redial::new(run.addrs.clone(), MAX_TRIES, GIVE_UP_AFTER);
+    redial.next_upstream = opts.lb_next_upstream;
+    let redial = Arc::new(redial);
+    // The first join of every client is the baseline each step's rejoin is compared with.
+    let (cpu, t0) = (cpu::CpuWatch::start(cpu_groups(&nodes, None)), Instant::now());
     run.fleet.open_clients((0..n).map(|i| client(i, &redial)).collect());
     wait_ramp(&run.fleet, n)?;
+    let (secs, cpu_s) = (t0.elapsed().as_secs_f64(), cpu.finish());
+    println!("  [{n}] all {n} clients joined on node 0 in {secs:.2} s; CPU seconds: {cpu_s}");
     run.fleet.heartbeat(Some(KEEPALIVE));
     let steps = if opts.smoke { 1 } else { opts.restarts.unwrap_or(k).min(k) };
     let mut out = Vec::new();
@@ -161,7 +169,6 @@ fn wait_ramp(fleet: &Fleet, n: usize) -> Res {
     loop {
         let t = fleet.totals();
         if t.joined as usize == n {
-            println!("  [{n}] all {n} clients joined on node 0");
             return Ok(());
         }
         if t.failed > 0 || Instant::now() > deadline {
@@ -188,20 +195,30 @@ fn step(run: &mut Run<'_>, nodes: &mut Nodes, node: usize) -> Res<Step> {
     crate::pause(Duration::from_secs(1));
     w.view.arm(n, &moved.iter().map(|&i| key(i)).collect::<Vec<_>>());
     let totals = run.fleet.totals();
-    let cpu = cpu::CpuWatch::start(cpu_groups(nodes, node));
+    let cpu = cpu::CpuWatch::start(cpu_groups(nodes, Some(node)));
     let (t0_ns, t0) = (now_ns(), Instant::now());
     println!("  [{n}] SIGTERM node {node} ({} clients on it)", moved.len());
-    nodes.stop(node);
-    let exit_s = t0.elapsed().as_secs_f64();
-    nodes.restart_in_place(node)?;
-    let ready_s = t0.elapsed().as_secs_f64();
-    let deadline = GIVE_UP_AFTER + Duration::from_secs(10);
-    let _ = wait_until(deadline.saturating_sub(t0.elapsed()), || {
-        let t = run.fleet.totals();
-        (t.rejoined - totals.rejoined + t.gave_up - totals.gave_up) as usize >= moved.len()
-    });
-    let cpu_s = cpu.finish();
-    println!("  [{n}] CPU seconds from SIGTERM until every client was back: {cpu_s}");
+    // The node's stop and restart run beside the wait: with a load balancer that skips it, the
+    // clients may all be back before it has even exited.
+    let (exit_s, ready_s, cpu_s) = std::thread::scope(|s| -> Res<(f64, f64, String)> {
+        let restart = s.spawn(|| stop_and_restart(nodes, node, t0));
+        let deadline = GIVE_UP_AFTER + Duration::from_secs(10);
+        let _ = wait_until(deadline.saturating_sub(t0.elapsed()), || {
+            let t = run.fleet.totals();
+            (t.rejoined - totals.rejoined + t.gave_up - totals.gave_up) as usize >= moved.len()
+        });
+        let back_s = t0.elapsed().as_secs_f64();
+        let cpu_s = cpu.finish();
+        println!(
+            "  [{n}] CPU seconds from SIGTERM until every client was back ({back_s:.2} s): {cpu_s}"
+        );
+        if w.view.done_ns.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            println!("  [{n}] presence when the last client was back: {}", w.view.lacking());
+        }
+        let (exit_s, ready_s) =
+            restart.join().map_err(|_| "the restart panicked".to_string())??;
+        Ok((exit_s, ready_s, cpu_s))
+    })?;
     let _ = wait_until(Duration::from_secs(30), || {
         w.check_presence();
         w.view.done_ns.load(std::sync::atomic::Ordering::Relaxed) != 0
@@ -215,6 +232,15 @@ fn step(run: &mut Run<'_>, nodes: &mut Nodes, node: usize) -> Res<Step> {
     let s = summarize(run, node, &m, &w);
     w.stop();
     Ok(s)
+}
+
+/// SIGTERM `node`, wait for it to exit, start it again on its port: (exited, listening) in
+/// seconds after `t0`.
+fn stop_and_restart(nodes: &mut Nodes, node: usize, t0: Instant) -> Res<(f64, f64)> {
+    nodes.stop(node);
+    let exit_s = t0.elapsed().as_secs_f64();
+    nodes.restart_in_place(node)?;
+    Ok((exit_s, t0.elapsed().as_secs_f64()))
 }
 
 /// Publisher and observer on nodes that stay up, receivers on each of them.
@@ -255,11 +281,13 @@ struct Measured {
     cpu_s: String,
 }
 
-/// The stopped node, the nodes that stay up, PostgreSQL and this generator.
-fn cpu_groups(nodes: &Nodes, stopped: usize) -> Vec<(String, Vec<u32>)> {
-    let up = (0..nodes.len()).filter(|&i| i != stopped).map(|i| nodes.node(i).pid).collect();
+/// The stopped node, the nodes that stay up, PostgreSQL and this generator; without a stopped
+/// node (the first joins), node 0 as `first` and the others as `up`.
+fn cpu_groups(nodes: &Nodes, stopped: Option<usize>) -> Vec<(String, Vec<u32>)> {
+    let (label, one) = stopped.map_or(("first", 0), |s| ("stopped", s));
+    let up = (0..nodes.len()).filter(|&i| i != one).map(|i| nodes.node(i).pid).collect();
     vec![
-        ("stopped".into(), vec![nodes.node(stopped).pid]),
+        (label.into(), vec![nodes.node(one).pid]),
         ("up".into(), up),
         ("pg".into(), nodes.pg.pids()),
         ("generator".into(), vec![std::process::id()]),

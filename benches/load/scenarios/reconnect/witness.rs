@@ -141,6 +141,26 @@ impl View {
         odd.take(max).map(|(k, refs)| (k.clone(), refs.clone())).collect()
     }
 
+    /// What keeps the armed condition from holding: member keys without a meta, with several,
+    /// and moved keys that still show only a meta from before the SIGTERM.
+    pub fn lacking(&self) -> String {
+        let keys = self.keys.lock();
+        let count = |f: &dyn Fn(usize) -> bool| {
+            keys.iter().filter(|(k, refs)| is_member(k) && f(refs.len())).count()
+        };
+        let (none, several) = (count(&|n| n == 0), count(&|n| n > 1));
+        let armed = self.armed.lock();
+        let stale = armed.as_ref().map_or(0, |a| {
+            let old = |k: &String, refs: &Vec<String>| keys.get(k).is_some_and(|now| now == refs);
+            a.before.iter().filter(|(k, refs)| !refs.is_empty() && old(k, refs)).count()
+        });
+        let present = keys.keys().filter(|k| is_member(k)).count();
+        let missing = armed.as_ref().map_or(0, |a| a.members.saturating_sub(present));
+        format!(
+            "{missing} keys absent, {none} without a meta, {several} with several, {stale} stale"
+        )
+    }
+
     pub fn members(&self) -> usize {
         self.keys.lock().iter().filter(|(k, refs)| is_member(k) && refs.len() == 1).count()
     }
@@ -409,8 +429,15 @@ fn receive(mut ws: Ws, slot: usize, feed: &Feed, stop: &AtomicBool) {
     );
 }
 
+/// Also evaluates the armed condition on every tick: `apply` evaluates it at most every 5 ms,
+/// so the frame that completed the view may have gone unchecked, and the step's own check comes
+/// only after its CPU readings (which took seconds while the stopped node's threads exited).
 fn observe(mut ws: Ws, view: &View, feed: &Feed, stop: &AtomicBool) {
-    pump(&mut ws, feed, stop, |_| Ok(()), |msg| view.apply(msg[3].as_str().unwrap_or(""), &msg[4]));
+    let tick = |_: &mut Ws| {
+        view.check(false);
+        Ok(())
+    };
+    pump(&mut ws, feed, stop, tick, |msg| view.apply(msg[3].as_str().unwrap_or(""), &msg[4]));
 }
 
 /// Pushes `new_msg` with the next sequence number every `every` while `go` is set; the push's
