@@ -287,13 +287,24 @@ fn a_client_that_stops_reading_is_disconnected_and_others_get_everything() {
     let pubsub = server.handle().pubsub();
     let body = "x".repeat(16 * 1024);
     let rounds = 400; // 6.4 MB: far beyond the socket buffers and 512 KiB queued
+    let (progress, read) = unbounded::<u64>();
     let fast_reader = std::thread::spawn(move || {
-        (0..rounds)
-            .map(|_| fast.expect(|m| m[3] == "new_msg")[4]["n"].as_u64().unwrap())
-            .collect::<Vec<_>>()
+        let mut got = Vec::new();
+        for _ in 0..rounds {
+            got.push(fast.expect(|m| m[3] == "new_msg")[4]["n"].as_u64().unwrap());
+            let _ = progress.send(got.len() as u64);
+        }
+        got
     });
+    // Paced by the reader: the reading client is never more than 16 broadcasts (256 KiB) behind,
+    // however late this test's threads get the CPU, so only the one that stopped reading may
+    // overflow. (Unpaced, a reader descheduled on a busy machine was evicted too.)
+    let mut done = 0;
     for n in 0..rounds {
         pubsub.broadcast(&topic, "new_msg", json!({"n": n, "body": body}).into()).unwrap();
+        while done + 16 <= n {
+            done = read.recv_timeout(WAIT).expect("the reading client stopped getting broadcasts");
+        }
     }
     assert!(
         eventually(WAIT, || server.handle().connection_count() == 1),
