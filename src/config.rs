@@ -21,9 +21,13 @@ pub struct Config {
     /// Proxies (addresses, CIDR blocks) whose `X-Forwarded-For` is believed, and which the
     /// per-address cap does not limit (`--trusted-proxies`).
     pub trusted_proxies: crate::limits::TrustedProxies,
-    /// Connections still sending their upgrade request. When a new one arrives with the budget
-    /// full, the oldest is dropped: real clients upgrade within a round trip, so only a slow or
-    /// hostile one is ever the oldest, and half-open upgrades cannot lock real clients out.
+    /// Connections in their upgrade (accepted, not yet answered 101). When a new one arrives
+    /// with the budget full, the oldest still sending its request head is dropped: real clients
+    /// send theirs within a round trip, so only a slow or hostile one is ever the oldest, and
+    /// half-open upgrades cannot lock real clients out. One whose head is all in is waiting on
+    /// this server (its CPU, a `connect` callback that checks a token against a busy database),
+    /// not on its client: it is dropped only once `handshake_timeout` old. The log line of a
+    /// drop says how much of its head the client had sent.
     pub max_handshakes: usize,
     /// A handshake younger than this is never dropped for a newer one. With the budget full
     /// of young handshakes (the herd of a restarted node's clients reconnecting at once), the

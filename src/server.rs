@@ -50,8 +50,12 @@ struct Connections {
 #[derive(Default)]
 struct Table {
     conns: HashMap<u64, (Arc<ConnShared>, Phase)>,
-    /// Connections in `Phase::Handshake` and when they were accepted, oldest first.
+    /// Connections in `Phase::Handshake` whose request head is not all in, and when they were
+    /// accepted, oldest first: the ones a slow client may be holding.
     handshaking: VecDeque<(u64, Instant)>,
+    /// Connections in `Phase::Handshake` whose head is all in (`Admit::head_received`, or seen
+    /// waiting in the kernel): the rest of their handshake is the server's work.
+    received: VecDeque<(u64, Instant)>,
     /// Connections in `Phase::Upgraded`.
     upgraded: usize,
 }
@@ -59,7 +63,7 @@ struct Table {
 /// Where a connection is, for the limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Still sending its upgrade request: counts against `max_handshakes`.
+    /// In its upgrade, not yet answered 101: counts against `max_handshakes`.
     Handshake,
     /// Dropped as the oldest handshake; counts against nothing while its thread ends.
     Evicted,
@@ -68,13 +72,75 @@ enum Phase {
 }
 
 /// Drops handshake `id` (the oldest) for a newer one: its client gets a 503 saying why, and
-/// its thread wakes from reading the request head and ends.
-fn evict(table: &mut Table, id: u64, max: usize) {
+/// its thread wakes from reading the request head and ends. `why` says what it had sent.
+fn evict(table: &mut Table, id: u64, max: usize, why: &str) {
     let Some((conn, phase)) = table.conns.get_mut(&id) else { return };
-    log::info!("conn {id}: dropped, the oldest of {max} handshakes");
+    log::info!("conn {id}: dropped, the oldest of {max} handshakes ({why})");
     *phase = Phase::Evicted;
     crate::metrics::refused_connect("handshake_evicted");
     conn.refuse_handshake("too many handshakes in progress; this one was the oldest");
+}
+
+/// How old a handshake must be before it may be dropped for a newer one: `grace` while its
+/// client is still sending the request head, `timeout` once the head is in.
+#[derive(Clone, Copy)]
+struct Ages {
+    grace: Duration,
+    timeout: Duration,
+}
+
+impl Table {
+    fn handshakes(&self) -> usize {
+        self.handshaking.len() + self.received.len()
+    }
+
+    fn forget_handshake(&mut self, id: u64) {
+        self.handshaking.retain(|(h, _)| *h != id);
+        self.received.retain(|(h, _)| *h != id);
+    }
+
+    /// One step towards a free handshake slot: drops the oldest handshake that may go, or
+    /// moves one whose head turns out to be in; `Err(when)` if none may go before `when`.
+    fn make_room(&mut self, ages: Ages, max: usize) -> Result<(), Instant> {
+        let now = Instant::now();
+        if self.settle_oldest_sender(now, ages.grace, max)
+            || self.drop_timed_out(now, ages.timeout, max)
+        {
+            return Ok(());
+        }
+        let due = |q: &VecDeque<(u64, Instant)>, age| q.front().map(|&(_, since)| since + age);
+        let next = [due(&self.handshaking, ages.grace), due(&self.received, ages.timeout)];
+        Err(next.into_iter().flatten().min().unwrap_or(now + ages.grace))
+    }
+
+    /// The oldest handshake still sending its head, once `grace` old: dropped, unless its
+    /// whole head is waiting in the kernel (its thread has not run yet), then `received`.
+    fn settle_oldest_sender(&mut self, now: Instant, grace: Duration, max: usize) -> bool {
+        let Some(&(oldest, since)) = self.handshaking.front() else { return false };
+        if now < since + grace {
+            return false;
+        }
+        self.handshaking.pop_front();
+        let (bytes, whole) = self.conns.get(&oldest).map_or((0, false), |(c, _)| c.head_waiting());
+        if whole {
+            self.received.push_back((oldest, since));
+        } else {
+            let why = format!("{bytes} bytes of its request head unread after {:?}", now - since);
+            evict(self, oldest, max, &why);
+        }
+        true
+    }
+
+    /// The oldest handshake whose head is in, once `timeout` old: dropped.
+    fn drop_timed_out(&mut self, now: Instant, timeout: Duration, max: usize) -> bool {
+        let Some(&(oldest, since)) = self.received.front() else { return false };
+        if now < since + timeout {
+            return false;
+        }
+        self.received.pop_front();
+        evict(self, oldest, max, "its request head was in; the handshake timed out");
+        true
+    }
 }
 
 impl Connections {
@@ -86,7 +152,7 @@ impl Connections {
         let mut table = self.table.lock();
         match table.conns.remove(&id).map(|(_, phase)| phase) {
             Some(Phase::Handshake) => {
-                table.handshaking.retain(|(h, _)| *h != id);
+                table.forget_handshake(id);
                 self.freed.notify_one();
             }
             Some(Phase::Upgraded) => table.upgraded -= 1,
@@ -99,24 +165,32 @@ impl Connections {
 
     /// Registers a new connection in its handshake. With `max_handshakes` reached, the oldest
     /// handshake is dropped to make room (see `Config::max_handshakes` for why the oldest), but
-    /// only once it is `grace` old: before that the acceptor waits for a slot (at most `grace`).
-    fn start_handshake(&self, id: u64, shared: &Arc<ConnShared>, max: usize, grace: Duration) {
+    /// only once it is `grace` old and only if its client has not sent its whole request head:
+    /// one whose head is in waits on us, not on a slow client, and is dropped only once it is
+    /// `timeout` (`handshake_timeout`) old. Until one may go, the acceptor waits for a slot.
+    fn start_handshake(&self, id: u64, shared: &Arc<ConnShared>, max: usize, ages: Ages) {
         let mut table = self.table.lock();
-        let deadline = Instant::now() + grace;
-        while let Some(&(oldest, since)) = table.handshaking.front() {
-            if table.handshaking.len() < max.max(1) {
-                break;
+        // Bounded: each pass drops or moves a handshake, or waits until the next one comes of
+        // age (or a slot frees), and nothing is added to the queues meanwhile.
+        while table.handshakes() >= max.max(1) {
+            match table.make_room(ages, max) {
+                Ok(()) => {}
+                Err(until) => {
+                    self.freed.wait_until(&mut table, until);
+                }
             }
-            let young_until = (since + grace).min(deadline);
-            if Instant::now() < young_until {
-                self.freed.wait_until(&mut table, young_until);
-                continue;
-            }
-            table.handshaking.pop_front();
-            evict(&mut table, oldest, max);
         }
         table.conns.insert(id, (shared.clone(), Phase::Handshake));
         table.handshaking.push_back((id, Instant::now()));
+    }
+
+    /// Connection `id` has its whole request head: it leaves the ones a slow client may hold.
+    fn head_received(&self, id: u64) {
+        let mut table = self.table.lock();
+        if let Some(i) = table.handshaking.iter().position(|(h, _)| *h == id) {
+            let entry = table.handshaking.remove(i).expect("a position in the queue");
+            table.received.push_back(entry);
+        }
     }
 
     /// Waits until no connection is left; false on timeout.
@@ -139,6 +213,10 @@ pub(crate) struct Admission {
 }
 
 impl socket::Admit for Admission {
+    fn head_received(&self, id: u64) {
+        self.connections.head_received(id);
+    }
+
     fn upgraded(&self, id: u64) -> bool {
         let mut table = self.connections.table.lock();
         if table.upgraded >= self.max_connections {
@@ -149,7 +227,7 @@ impl socket::Admit for Admission {
             return false; // evicted meanwhile: its stream is already shut
         }
         *phase = Phase::Upgraded;
-        table.handshaking.retain(|(h, _)| *h != id);
+        table.forget_handshake(id);
         table.upgraded += 1;
         self.connections.freed.notify_one();
         true
@@ -449,8 +527,9 @@ fn admit(
         refuse_503(&tcp, "server at connection limit");
         return;
     }
-    let (max, grace) = (endpoint.config.max_handshakes, endpoint.config.handshake_grace);
-    connections.start_handshake(id, &shared, max, grace);
+    let config = &endpoint.config;
+    let ages = Ages { grace: config.handshake_grace, timeout: config.handshake_timeout };
+    connections.start_handshake(id, &shared, config.max_handshakes, ages);
     let guard = ConnGuard { id, connections: connections.clone() };
     let endpoint = endpoint.clone();
     let stack = endpoint.config.socket_stack_bytes;

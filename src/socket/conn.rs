@@ -198,6 +198,21 @@ impl ConnShared {
     /// Refuses a connection still in its handshake: an HTTP 503 with `reason`, if one
     /// non-blocking send takes it (the client sees why), then the stream is shut, which wakes
     /// the connection's thread from reading the request head.
+    /// What the kernel holds of this connection's request head, unread: how many bytes (up to
+    /// `MAX_HEAD_BYTES`) and whether they end the head, i.e. whether its client has sent
+    /// everything and the wait is ours. A peek: never blocks, consumes nothing.
+    #[allow(unsafe_code)]
+    pub fn head_waiting(&self) -> (usize, bool) {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); super::http1::MAX_HEAD_BYTES];
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+        let Ok(n) = SockRef::from(&*self.tcp).recv_with_flags(&mut buf, flags) else {
+            return (0, false);
+        };
+        // SAFETY: `recv` initialised the first `n` bytes.
+        let peeked = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+        (n, peeked.windows(4).any(|w| w == b"\r\n\r\n"))
+    }
+
     pub fn refuse_handshake(&self, reason: &str) {
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\n\r\n{reason}",

@@ -53,6 +53,10 @@ pub(crate) struct Endpoint {
 
 /// The server's connection limit, asked when an upgrade is about to complete.
 pub(crate) trait Admit: Send + Sync {
+    /// Connection `id` has sent its whole request head: whatever its handshake waits on now is
+    /// the server's, so it is no longer dropped as a slow client (`Config::max_handshakes`).
+    fn head_received(&self, id: u64);
+
     /// Connection `id` completed its upgrade: move it from the handshake budget to a
     /// `max_connections` slot. False if no slot is left (or `id` was dropped meanwhile).
     fn upgraded(&self, id: u64) -> bool;
@@ -127,6 +131,7 @@ pub(crate) fn serve(
         Ok(request) => request,
         Err(failure) => return log_failure(&shared, failure),
     };
+    endpoint.admit.head_received(shared.id);
     if longpoll::handles(&request.0, &endpoint.config) {
         return longpoll::serve(endpoint, tcp, request, peer, shared);
     }

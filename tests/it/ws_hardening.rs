@@ -360,6 +360,47 @@ fn half_sent_upgrades_do_not_lock_real_clients_out() {
     assert!(err.to_string().contains("503"), "{err}");
 }
 
+/// An upgrade request head without its final empty line (`UNFINISHED_HEAD` + "\r\n" ends it).
+const UNFINISHED_HEAD: &str = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: x\r\n\
+    upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n\
+    sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// Two raw connections that have sent `head`, then a third, real client connecting in a thread
+/// (it waits for a handshake slot: the tests give the server two).
+fn two_heads_then_a_client(
+    server: &TestServer,
+    head: &str,
+) -> (Vec<TcpStream>, std::thread::JoinHandle<Result<(), tungstenite::Error>>) {
+    let connect = |_| {
+        let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+        tcp.write_all(head.as_bytes()).unwrap();
+        tcp
+    };
+    let first_two = (0..2).map(connect).collect();
+    let addr = server.addr();
+    (first_two, std::thread::spawn(move || WsClient::connect(addr, "vsn=2.0.0").map(|_| ())))
+}
+
+/// Nothing arrives on `tcp` within half a second: no 503 for it.
+fn assert_not_answered(tcp: &mut TcpStream, what: &str) {
+    tcp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    match tcp.read(&mut [0u8; 1]) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("{what} was answered early: {other:?}"),
+    }
+}
+
+fn assert_upgraded(tcp: &mut TcpStream) {
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = [0u8; 12];
+    tcp.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101", "{}", String::from_utf8_lossy(&answer));
+}
+
 /// A herd of real clients (a restarted node's, reconnecting at once) fills the handshake
 /// budget with young upgrades; a newer one must wait for a slot rather than have the oldest
 /// dropped (each dropped client retried after its backoff: 20,000 times at 19,000 clients).
@@ -368,36 +409,35 @@ fn young_handshakes_are_not_dropped_for_newer_ones() {
     let config =
         Config { max_handshakes: 2, handshake_grace: Duration::from_secs(5), ..test_config() };
     let server = TestServer::with(config, phx_threads::app::router(None), server::accept_all());
-    let head = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\
-                connection: Upgrade\r\nsec-websocket-version: 13\r\n\
-                sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-    let mut herd: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut tcp = TcpStream::connect(server.addr()).expect("connect");
-            tcp.write_all(head.as_bytes()).unwrap();
-            tcp
-        })
-        .collect();
-    // A third arrives while both are still sending their heads.
-    let addr = server.addr();
-    let third = std::thread::spawn(move || WsClient::connect(addr, "vsn=2.0.0").map(|_| ()));
-    // Nothing is dropped for it: the oldest gets no 503 while it is young.
-    herd[0].set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let mut byte = [0u8; 1];
-    match herd[0].read(&mut byte) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        other => panic!("the oldest young handshake was answered early: {other:?}"),
-    }
+    // The third arrives while both are still sending their heads.
+    let (mut herd, third) = two_heads_then_a_client(&server, UNFINISHED_HEAD);
+    assert_not_answered(&mut herd[0], "the oldest young handshake");
     for tcp in &mut herd {
         tcp.write_all(b"\r\n").unwrap();
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let mut answer = [0u8; 12];
-        tcp.read_exact(&mut answer).unwrap();
-        assert_eq!(&answer, b"HTTP/1.1 101", "{}", String::from_utf8_lossy(&answer));
+        assert_upgraded(tcp);
+    }
+    third.join().unwrap().expect("the third upgrades once a slot is free");
+}
+
+/// A handshake whose client has sent its whole request head waits on the server (its CPU, or
+/// as here a slow `connect` callback), not on a slow client: a newer connection waits for a
+/// slot rather than have it dropped with 503, as a half-sent one would be.
+#[test]
+fn handshakes_whose_head_is_in_are_not_dropped_as_slow_clients() {
+    let config =
+        Config { max_handshakes: 2, handshake_grace: Duration::from_millis(50), ..test_config() };
+    let (release, gate) = unbounded::<()>();
+    let connect: phx_threads::ConnectFn = std::sync::Arc::new(move |_| {
+        let _ = gate.recv_timeout(WAIT); // until the test drops `release`
+        Ok(phx_threads::Connected::default())
+    });
+    let server = TestServer::with(config, phx_threads::app::router(None), connect);
+    let (mut waiting, third) = two_heads_then_a_client(&server, &format!("{UNFINISHED_HEAD}\r\n"));
+    // Both are well past the grace while the third waits.
+    assert_not_answered(&mut waiting[0], "a handshake with its head in");
+    drop(release);
+    for tcp in &mut waiting {
+        assert_upgraded(tcp);
     }
     third.join().unwrap().expect("the third upgrades once a slot is free");
 }
