@@ -11,6 +11,11 @@ use crate::http::HttpConfig;
 use crate::limits::TrustedProxies;
 use crate::presence::ReplicationConfig;
 
+/// The binary's shutdown timeout: at 19,000 connections, with the nodes taking over its clients
+/// on the same cores, the teardown took 11–15 s (BENCHMARKS.md, `reconnect`); the library's
+/// default (10 s) is for an embedding program. Below the units' `TimeoutStopSec` (45 s).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub const HELP: &str = "\
 phx-threads: a Phoenix Channels server on OS threads
 
@@ -50,6 +55,9 @@ OPTIONS (environment variable in brackets):
     --max-rate-refusals N     rate-limited messages within 10 s before the connection
                               is closed with 1008 [PHX_MAX_RATE_REFUSALS, default 50]
     --idle-timeout-ms N       [PHX_IDLE_TIMEOUT_MS, default 60000]
+    --shutdown-timeout-ms N   on SIGTERM, how long the connections get to end once every
+                              client has its 1012; past it the process exits with status 1
+                              [PHX_SHUTDOWN_TIMEOUT_MS, default 30000]
     --longpoll-window-ms N    a LongPoll poll answers 204 after N ms without messages; a
                               session not polled for 1.5 N ends
                               [PHX_LONGPOLL_WINDOW_MS, default 10000]
@@ -216,7 +224,11 @@ pub fn parse(
 fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
     let mut args = Args {
         command: Command::Serve,
-        ws: Config { shutdown_yields_cpu: true, ..Config::default() },
+        ws: Config {
+            shutdown_yields_cpu: true,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
+            ..Config::default()
+        },
         http_addr: "127.0.0.1:4001".parse().expect("valid address"),
         database_url: None,
         no_database: false,
@@ -256,6 +268,7 @@ fn defaults(env: &impl Fn(&str) -> Option<String>) -> Result<Args, String> {
         ("PHX_JOIN_BURST", "--join-burst"),
         ("PHX_MAX_RATE_REFUSALS", "--max-rate-refusals"),
         ("PHX_IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
+        ("PHX_SHUTDOWN_TIMEOUT_MS", "--shutdown-timeout-ms"),
         ("PHX_LONGPOLL_WINDOW_MS", "--longpoll-window-ms"),
         ("PHX_LONGPOLL_SECRET", "--longpoll-secret"),
         ("PHX_LONGPOLL_ROUTE_TIMEOUT_MS", "--longpoll-route-timeout-ms"),
@@ -323,6 +336,7 @@ fn apply(args: &mut Args, flag: &str, value: &str) -> Result<(), String> {
         "--idle-timeout-ms" => {
             args.ws.idle_timeout = std::time::Duration::from_millis(number()? as u64)
         }
+        "--shutdown-timeout-ms" => args.ws.shutdown_timeout = millis(number()?),
         "--longpoll-window-ms" => args.ws.longpoll_window = millis(number()?),
         "--max-superheroes" => args.max_superheroes = number()?,
         "--check-origin" => args.ws.check_origin = origins(value)?,
@@ -471,6 +485,15 @@ mod tests {
                 .starts_with("PHX_MAX_CHANNELS")
         );
         assert_eq!(parse_with(&["migrate"], &[]).unwrap().command, Command::Migrate);
+    }
+
+    #[test]
+    fn the_shutdown_timeout_is_30_s_unless_set() {
+        assert_eq!(parse_with(&[], &[]).unwrap().ws.shutdown_timeout, Duration::from_secs(30));
+        let env = [("PHX_SHUTDOWN_TIMEOUT_MS", "2500")];
+        assert_eq!(parse_with(&[], &env).unwrap().ws.shutdown_timeout, Duration::from_millis(2500));
+        let flag = parse_with(&["--shutdown-timeout-ms", "700"], &env).unwrap();
+        assert_eq!(flag.ws.shutdown_timeout, Duration::from_millis(700));
     }
 
     #[test]
