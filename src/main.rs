@@ -174,6 +174,9 @@ fn shutdown(
     http_result?;
     match report.clean {
         true => Ok(()),
-        false => Err(format!("shutdown timed out with {} connections", report.connections)),
+        false => Err(format!(
+            "shutdown timed out: {} of {} connections had not ended",
+            report.unfinished, report.connections
+        )),
     }
 }

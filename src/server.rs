@@ -271,6 +271,8 @@ pub struct ServerHandle {
 pub struct ShutdownReport {
     /// Connections open when shutdown began.
     pub connections: usize,
+    /// Of those, the ones whose threads had not ended by the shutdown timeout.
+    pub unfinished: usize,
     /// True if every connection and thread ended within the shutdown timeout.
     pub clean: bool,
 }
@@ -403,8 +405,14 @@ impl ServerHandle {
         if let Some(pubsub) = self.pubsub.take() {
             pubsub.stop();
         }
-        log::info!("websocket server stopped ({} connections closed)", open.len());
-        ShutdownReport { connections: open.len(), clean }
+        let unfinished = self.connections.len();
+        match unfinished {
+            0 => log::info!("websocket server stopped ({} connections closed)", open.len()),
+            n => {
+                log::warn!("websocket server stopped; {n} of {} connections not ended", open.len())
+            }
+        }
+        ShutdownReport { connections: open.len(), unfinished, clean }
     }
 }
 

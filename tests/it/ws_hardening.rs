@@ -442,6 +442,33 @@ fn handshakes_whose_head_is_in_are_not_dropped_as_slow_clients() {
     third.join().unwrap().expect("the third upgrades once a slot is free");
 }
 
+/// A shutdown that times out says how many connections had not ended, not how many there were
+/// (the binary's exit message used to read "timed out with 19000 connections" when all but a
+/// few had closed). Here one connection is held in its `connect` callback past the timeout.
+#[test]
+fn a_shutdown_that_times_out_counts_the_connections_left() {
+    let config = Config { shutdown_timeout: Duration::from_millis(1500), ..test_config() };
+    let (entered, inside) = unbounded::<()>();
+    let (release, gate) = unbounded::<()>();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let connect: phx_threads::ConnectFn = std::sync::Arc::new(move |_| {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            let _ = entered.send(());
+            let _ = gate.recv_timeout(WAIT); // the first is held until the test drops `release`
+        }
+        Ok(phx_threads::Connected::default())
+    });
+    let server = TestServer::with(config, phx_threads::app::router(None), connect);
+    let mut held = TcpStream::connect(server.addr()).expect("connect");
+    held.write_all(format!("{UNFINISHED_HEAD}\r\n").as_bytes()).unwrap();
+    inside.recv_timeout(WAIT).expect("the connect callback runs");
+    let _upgraded = server.client(); // ends within the timeout
+    let report = server.shutdown();
+    drop(release);
+    assert!(!report.clean, "{report:?}");
+    assert_eq!((report.connections, report.unfinished), (2, 1), "{report:?}");
+}
+
 /// One join of a 1 MB topic used to write a 1 MB log line. The binary's whole log stays made of
 /// short lines: the topic is refused before anything logs it, and client text that is logged
 /// goes through `logger::shown`.
