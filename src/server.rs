@@ -173,11 +173,8 @@ impl Connections {
         // Bounded: each pass drops or moves a handshake, or waits until the next one comes of
         // age (or a slot frees), and nothing is added to the queues meanwhile.
         while table.handshakes() >= max.max(1) {
-            match table.make_room(ages, max) {
-                Ok(()) => {}
-                Err(until) => {
-                    self.freed.wait_until(&mut table, until);
-                }
+            if let Err(until) = table.make_room(ages, max) {
+                self.freed.wait_until(&mut table, until);
             }
         }
         table.conns.insert(id, (shared.clone(), Phase::Handshake));

@@ -195,9 +195,6 @@ impl ConnShared {
         let _ = self.tcp.shutdown(Shutdown::Both);
     }
 
-    /// Refuses a connection still in its handshake: an HTTP 503 with `reason`, if one
-    /// non-blocking send takes it (the client sees why), then the stream is shut, which wakes
-    /// the connection's thread from reading the request head.
     /// What the kernel holds of this connection's request head, unread: how many bytes (up to
     /// `MAX_HEAD_BYTES`) and whether they end the head, i.e. whether its client has sent
     /// everything and the wait is ours. A peek: never blocks, consumes nothing.
@@ -213,6 +210,9 @@ impl ConnShared {
         (n, peeked.windows(4).any(|w| w == b"\r\n\r\n"))
     }
 
+    /// Refuses a connection still in its handshake: an HTTP 503 with `reason`, if one
+    /// non-blocking send takes it (the client sees why), then the stream is shut, which wakes
+    /// the connection's thread from reading the request head.
     pub fn refuse_handshake(&self, reason: &str) {
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\n\r\n{reason}",
